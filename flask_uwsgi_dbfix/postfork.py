@@ -1,0 +1,128 @@
+"""What runs in a forked child: forget inherited connections, then warn once per startup.
+
+Two hooks lead here. Under uWSGI, ``uwsgidecorators.postfork`` runs in every worker,
+respawned workers, mules and the spooler. For every other fork made through Python
+(``os.fork``, ``multiprocessing``, gunicorn, Celery prefork), ``os.register_at_fork``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from . import registry, tracking
+from .prefork import InheritedConnections, emit_warning, inherited_connections
+
+logger = logging.getLogger("flask_uwsgi_dbfix")
+
+_install_lock = threading.Lock()
+_installed = False
+_uwsgi_hook = "not installed"
+_startup_token: _StartupToken | None = None
+_inherited: list[InheritedConnections] = []
+
+
+class _StartupToken:
+    """One byte in a pipe made by the master: the first worker to read it gets to warn.
+
+    The write end is closed at once, so later reads return EOF instead of blocking; the
+    master's state is identical for every worker it forks, so any one may speak for all.
+    """
+
+    def __init__(self) -> None:
+        self._read_fd, write_fd = os.pipe()
+        os.write(write_fd, b"1")
+        os.close(write_fd)
+
+    def take(self) -> bool:
+        try:
+            return os.read(self._read_fd, 1) == b"1"
+        except OSError:
+            return False
+
+
+def forget_inherited_connections() -> list[InheritedConnections]:
+    """Drop every managed engine's connections that another process opened.
+
+    Never closes, pings or writes to them: that is the parent's socket. Returns what was
+    inherited, for the warning.
+    """
+    engines = registry.all_engines()
+    pid = os.getpid()
+    found = inherited_connections([m for m in engines if m.prefork_warning], pid)
+    for managed in engines:
+        tracking.forget_inherited(managed.engine)
+    return found
+
+
+def on_uwsgi_postfork() -> None:
+    """uWSGI post-fork hook. Must never raise: an exception here would be logged by every
+    worker and could leave the worker half set up."""
+    try:
+        # With --py-call-osafterfork the os-level hook ran first and kept what it found.
+        found = _inherited + forget_inherited_connections()
+        _inherited.clear()
+        if found and _startup_token is not None and _startup_token.take():
+            emit_warning(found)
+    except Exception:
+        logger.exception("flask-uwsgi-dbfix: post-fork hook failed")
+
+
+def _on_os_fork() -> None:
+    try:
+        found = forget_inherited_connections()
+    except Exception:
+        logger.exception("flask-uwsgi-dbfix: after-fork hook failed")
+        return
+    if found and _startup_token is not None:
+        _inherited.extend(found)  # under uWSGI: the post-fork hook will warn about these
+    elif found:
+        logger.info(
+            "flask-uwsgi-dbfix: forked child %d dropped %d inherited connection(s)",
+            os.getpid(),
+            sum(len(f.connections) for f in found),
+        )
+
+
+def install() -> None:
+    """Install the fork hooks once per process. Safe to call anywhere, any number of times."""
+    global _installed, _uwsgi_hook
+    with _install_lock:
+        if _installed:
+            return
+        _installed = True
+        os.register_at_fork(after_in_child=_on_os_fork)
+        _uwsgi_hook = _install_uwsgi_hook()
+
+
+def uwsgi_hook_status() -> str:
+    """How the uWSGI hook was installed: ``uwsgidecorators``, ``post_fork_hook``,
+    ``not under uWSGI`` or ``not installed``."""
+    return _uwsgi_hook
+
+
+def _install_uwsgi_hook() -> str:
+    global _startup_token
+    try:
+        import uwsgi
+    except ImportError:
+        return "not under uWSGI"
+    _startup_token = _StartupToken()
+    try:
+        import uwsgidecorators
+    except Exception:
+        # uwsgidecorators refuses to import without --master. Chain onto the raw hook
+        # instead, keeping whatever was there.
+        previous: Any = getattr(uwsgi, "post_fork_hook", None)
+
+        def chained_hook() -> None:
+            on_uwsgi_postfork()
+            if previous is not None:
+                previous()
+
+        uwsgi.post_fork_hook = chained_hook
+        return "post_fork_hook"
+    uwsgidecorators.postfork(on_uwsgi_postfork)
+    return "uwsgidecorators"

@@ -1,0 +1,157 @@
+"""Which engines are ours to fix: every Flask-SQLAlchemy bind of every app, plus ``register()``.
+
+Apps and engines are held weakly: a test suite that builds an app per test must not leak
+them through us.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
+
+from . import tracking
+from .config import DBFixConfig
+
+DEFAULT_BIND_NAME = "default"
+
+
+@dataclass(frozen=True)
+class ManagedEngine:
+    """An engine this package keeps fork-safe, and how to name it to a human."""
+
+    name: str
+    """``"default"`` for Flask-SQLAlchemy's default bind, else the bind key or register() name."""
+    engine: Engine
+    source: str
+    """``"flask-sqlalchemy"`` or ``"register"``."""
+    prefork_warning: bool = True
+
+
+@dataclass(frozen=True)
+class _Registration:
+    name: str
+    prefork_warning: bool
+
+
+_lock = threading.RLock()
+_apps: weakref.WeakKeyDictionary[Flask, DBFixConfig] = weakref.WeakKeyDictionary()
+_registered: weakref.WeakKeyDictionary[Engine, _Registration] = weakref.WeakKeyDictionary()
+_first_connect_listening = False
+
+
+def flask_sqlalchemy_engines(app: Flask) -> Mapping[str | None, Engine]:
+    """Flask-SQLAlchemy's engines for ``app`` by bind key, or ``{}`` if it is not set up (yet)."""
+    db: Any = app.extensions.get("sqlalchemy")
+    if db is None:
+        return {}
+    by_app = getattr(db, "_app_engines", None)
+    if isinstance(by_app, Mapping):
+        # Flask-SQLAlchemy 3.x keeps them here; reading it needs no app context.
+        return dict(by_app.get(app, {}))
+    with app.app_context():
+        return dict(db.engines)
+
+
+def add_app(app: Flask, config: DBFixConfig) -> None:
+    """Manage every engine of ``app``, now or as soon as Flask-SQLAlchemy creates them."""
+    with _lock:
+        _apps[app] = config
+        _listen_for_first_connect()
+    _app_engines(app, config)
+
+
+def register(
+    engine: Engine,
+    *,
+    name: str = "registered",
+    pid_guard: bool = True,
+    prefork_warning: bool = True,
+) -> Engine:
+    """Keep a plain ``create_engine()`` engine fork-safe as well. Returns the engine."""
+    if not isinstance(engine, Engine):
+        raise TypeError(
+            f"register() takes a sqlalchemy.engine.Engine, got {type(engine).__name__}"
+            + (" (use its .sync_engine)" if hasattr(engine, "sync_engine") else "")
+        )
+    with _lock:
+        _registered[engine] = _Registration(name, prefork_warning)
+    tracking.track(engine, pid_guard=pid_guard)
+    return engine
+
+
+def _app_engines(app: Flask, config: DBFixConfig) -> list[ManagedEngine]:
+    managed = []
+    engines = flask_sqlalchemy_engines(app)
+    # The default bind first, then the others by name: a stable order for humans.
+    for key in sorted(engines, key=lambda k: (k is not None, k or "")):
+        engine = engines[key]
+        if tracking.track(engine, pid_guard=config.pid_guard):
+            name = DEFAULT_BIND_NAME if key is None else key
+            managed.append(ManagedEngine(name, engine, "flask-sqlalchemy", config.prefork_warning))
+    return managed
+
+
+def _registered_engines() -> list[ManagedEngine]:
+    with _lock:
+        items = list(_registered.items())
+    return [
+        ManagedEngine(reg.name, engine, "register", reg.prefork_warning)
+        for engine, reg in items
+        if tracking.is_tracked(engine)
+    ]
+
+
+def app_engines(app: Flask) -> list[ManagedEngine]:
+    """Every engine managed for ``app`` (all binds), plus the ``register()``-ed ones."""
+    with _lock:
+        config = _apps.get(app)
+    own = _app_engines(app, config) if config is not None else []
+    return _unique(own + _registered_engines())
+
+
+def all_engines() -> list[ManagedEngine]:
+    """Every engine managed in this process, each once."""
+    with _lock:
+        apps = list(_apps.items())
+    managed = [m for app, config in apps for m in _app_engines(app, config)]
+    return _unique(managed + _registered_engines())
+
+
+def _unique(managed: list[ManagedEngine]) -> list[ManagedEngine]:
+    seen: set[int] = set()
+    result = []
+    for m in managed:
+        if id(m.engine) not in seen:
+            seen.add(id(m.engine))
+            result.append(m)
+    return result
+
+
+def _listen_for_first_connect() -> None:
+    """If ``init_app`` ran before ``db.init_app``, the engines appear later; the first
+    connection of any pool is our cue to pick them up before the app-creation code that
+    opened it is gone from the stack. The ``connect`` event that stamps the connection
+    fires right after ``first_connect``, so the new listener still sees it."""
+    global _first_connect_listening
+    if not _first_connect_listening:
+        event.listen(Pool, "first_connect", _on_first_connect)
+        _first_connect_listening = True
+
+
+def _on_first_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    with _lock:
+        apps = [(app, config) for app, config in _apps.items() if _has_untracked(app)]
+    for app, config in apps:
+        _app_engines(app, config)
+
+
+def _has_untracked(app: Flask) -> bool:
+    return any(not tracking.is_tracked(e) for e in flask_sqlalchemy_engines(app).values())

@@ -1,0 +1,67 @@
+"""Session-wide real servers: one PostgreSQL with SSL on; uWSGI masters per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.postgres import PostgresServer, postgres_server
+from harness.uwsgi import UwsgiServer, start_uwsgi
+
+ROOT = Path(__file__).resolve().parent.parent
+_db_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL 15 with ssl=on that refuses TCP without SSL."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_db(pg: PostgresServer) -> Callable[[], str]:
+    """Makes a new database per call and returns its URL, so tests never share tables."""
+
+    def make() -> str:
+        return pg.create_database(f"t{os.getpid()}_{next(_db_names)}")
+
+    return make
+
+
+StartUwsgi = Callable[..., UwsgiServer]
+
+
+@pytest.fixture
+def serve(pg: PostgresServer) -> Iterator[StartUwsgi]:
+    """Starts ``tests/apps/bug_app.py`` under a real uWSGI master; stops every one at teardown."""
+    started: list[UwsgiServer] = []
+
+    def start(
+        *,
+        fix: bool,
+        env: dict[str, str] | None = None,
+        options: tuple[str, ...] = (),
+        processes: int = 4,
+    ) -> UwsgiServer:
+        app_env = {"DATABASE_URL": pg.url(), "DBFIX_FIX": "1" if fix else "0", **(env or {})}
+        args = [
+            "--master",
+            "--processes", str(processes),
+            "--chdir", str(ROOT),
+            "--pythonpath", str(ROOT),
+            "--module", "tests.apps.bug_app:app",
+            "--need-app",
+            *options,
+        ]  # fmt: skip
+        server = start_uwsgi(args, env=app_env, cwd=ROOT, processes=processes)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
