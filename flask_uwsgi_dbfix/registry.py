@@ -93,7 +93,8 @@ def _app_engines(app: Flask, config: DBFixConfig) -> list[ManagedEngine]:
     # The default bind first, then the others by name: a stable order for humans.
     for key in sorted(engines, key=lambda k: (k is not None, k or "")):
         engine = engines[key]
-        if tracking.track(engine, pid_guard=config.pid_guard):
+        # A test suite may have mocked engine creation: leave what is not an Engine alone.
+        if isinstance(engine, Engine) and tracking.track(engine, pid_guard=config.pid_guard):
             name = DEFAULT_BIND_NAME if key is None else key
             managed.append(ManagedEngine(name, engine, "flask-sqlalchemy", config.prefork_warning))
     return managed
@@ -154,4 +155,7 @@ def _on_first_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> Non
 
 
 def _has_untracked(app: Flask) -> bool:
-    return any(not tracking.is_tracked(e) for e in flask_sqlalchemy_engines(app).values())
+    return any(
+        isinstance(e, Engine) and not tracking.is_tracked(e)
+        for e in flask_sqlalchemy_engines(app).values()
+    )

@@ -18,4 +18,13 @@ fi
 echo "setup: pip install -e '.[test]' with $PYTHON"
 "$PYTHON" -m pip install -q -e '.[test]'
 
+# Flask-SQLAlchemy's own test suite (in its sdist) is run with our extension added, to prove
+# the drop-in breaks nothing (tests/test_dropin_flask_sqlalchemy.py).
+FSA_VERSION="$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("flask-sqlalchemy"))')"
+if ! compgen -G ".thirdparty/flask_sqlalchemy-${FSA_VERSION}.tar.gz" >/dev/null; then
+    echo "setup: downloading the Flask-SQLAlchemy ${FSA_VERSION} sdist (its test suite)"
+    "$PYTHON" -m pip download -q --no-deps --no-binary :all: \
+        "flask-sqlalchemy==${FSA_VERSION}" -d .thirdparty
+fi
+
 echo "setup: done"
