@@ -18,12 +18,13 @@ from typing import Any
 
 import flask
 import sqlalchemy
-from sqlalchemy import event, exc
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 _PID_KEY = "flask_uwsgi_dbfix.pid"
 _ORIGIN_KEY = "flask_uwsgi_dbfix.origin"
+_GUARDED_ATTR = "_flask_uwsgi_dbfix_guarded"
 
 
 def _package_dir(module: ModuleType) -> str:
@@ -91,7 +92,8 @@ class OpenedConnection:
 class _EngineTracker:
     """The records an engine opened, plus the pid in force when tracking began."""
 
-    def __init__(self, pid_guard: bool) -> None:
+    def __init__(self, engine: Engine, pid_guard: bool) -> None:
+        self.engine = weakref.ref(engine)
         self.started_pid = os.getpid()
         self.pid_guard = pid_guard
         self.records: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
@@ -102,19 +104,34 @@ class _EngineTracker:
         record.info[_ORIGIN_KEY] = caller_location()
         with self.lock:
             self.records.add(record)
+        engine = self.engine()
+        if self.pid_guard and engine is not None:
+            # engine.dispose() made a new pool: it hands out nothing before this first
+            # connection of its own, so guarding it here leaves no gap.
+            self.guard(engine.pool)
 
-    def on_checkout(
-        self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
-    ) -> None:
-        # Hot path: runs on every checkout. One getpid() and one dict lookup.
-        if record.info.get(_PID_KEY, self.started_pid) != os.getpid():
-            # Forget the inherited socket without closing it: closing would send a
-            # Terminate message on the parent's session. The pool then reconnects.
-            record.dbapi_connection = proxy.dbapi_connection = None  # type: ignore[misc]
-            raise exc.DisconnectionError(
-                "connection was opened in another process (pid changed); replaced by "
-                "flask-uwsgi-dbfix"
-            )
+    def guard(self, pool: Pool) -> None:
+        """Make ``pool`` forget, without closing, any connection another process opened.
+
+        Wraps the pool's hand-out of a record, the step before SQLAlchemy looks at the
+        connection: a record whose connection came from another pid gets its connection
+        dropped, and SQLAlchemy connects afresh. Unlike a ``checkout`` event, this runs
+        before ``pool_pre_ping`` and ``pool_recycle`` could ping or close the parent's
+        socket, and it costs a third as much (benchmarks/pid_guard.py).
+        """
+        if getattr(pool, _GUARDED_ATTR, False):
+            return
+        hand_out = pool._do_get
+        started_pid, getpid = self.started_pid, os.getpid
+
+        def guarded_do_get() -> ConnectionPoolEntry:
+            record = hand_out()
+            if record.info.get(_PID_KEY, started_pid) != getpid():
+                record.dbapi_connection = None  # type: ignore[misc]
+            return record
+
+        setattr(pool, "_do_get", guarded_do_get)  # noqa: B010 - an instance-level override
+        setattr(pool, _GUARDED_ATTR, True)
 
     def snapshot(self) -> list[ConnectionPoolEntry]:
         with self.lock:
@@ -142,12 +159,13 @@ def track(engine: Engine, *, pid_guard: bool = True) -> bool:
     with _trackers_lock:
         if engine in _trackers:
             return True
-        tracker = _EngineTracker(pid_guard)
+        tracker = _EngineTracker(engine, pid_guard)
         _trackers[engine] = tracker
-    # Listeners on the engine are carried over to the new pool by engine.dispose().
+    # Pool listeners on the engine are carried over to the new pool by engine.dispose().
+    # (No Engine-level event: any of those puts every Connection on SQLAlchemy's slow path.)
     event.listen(engine, "connect", tracker.on_connect)
     if pid_guard:
-        event.listen(engine, "checkout", tracker.on_checkout)
+        tracker.guard(engine.pool)
     return True
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -25,16 +26,17 @@ def create_app(url: str, query_at_creation: bool) -> tuple[Flask, int]:
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     db = SQLAlchemy(app)
     FlaskDBFix(app)
-    line = 0
     if query_at_creation:
         with app.app_context():
-            db.session.execute(text("SELECT 1")); line = _line()  # fmt: skip
-    return app, line
+            db.session.execute(text("SELECT 1"))  # MARK: opens at creation
+    return app, OPENING_LINE
 
 
-def _line() -> int:
-    frame = __import__("sys")._getframe(1)
-    return int(frame.f_lineno)
+OPENING_LINE = next(
+    number
+    for number, line in enumerate(Path(__file__).read_text().splitlines(), start=1)
+    if line.endswith("# MARK: opens at creation")
+)
 
 
 def test_warning_names_engine_masked_url_and_the_line(
@@ -66,3 +68,15 @@ def test_connections_opened_by_this_process_are_not_inherited(
 ) -> None:
     app, _ = create_app(fresh_db(), query_at_creation=True)
     assert inherited_connections(registry.app_engines(app), os.getpid()) == []
+
+
+def test_warning_is_also_logged_when_logging_is_configured(
+    fresh_db: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, line = create_app(fresh_db(), query_at_creation=True)
+    found = inherited_connections(registry.app_engines(app), OTHER_PID)
+    with caplog.at_level("WARNING", logger="flask_uwsgi_dbfix"):
+        with pytest.warns(PreForkConnectionWarning):
+            emit_warning(found)
+    (record,) = [r for r in caplog.records if r.name == "flask_uwsgi_dbfix"]
+    assert f"{__file__}:{line} in create_app" in record.getMessage()
