@@ -8,8 +8,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 from . import postfork, registry
-
-# TEMP-CLI from .cli import dbfix_cli
+from .cli import dbfix_cli
 from .config import PREFIX, DBFixConfig, read_config
 
 EXTENSION_NAME = "dbfix"
@@ -44,7 +43,7 @@ class FlaskDBFix:
             app.config.setdefault(PREFIX + key.upper(), value)
         config = read_config(app.config)
         app.extensions[EXTENSION_NAME] = DBFixState(config)
-        # TEMP-CLI app.cli.add_command(dbfix_cli)
+        app.cli.add_command(dbfix_cli)
         if config.enabled:
             registry.add_app(app, config)
             postfork.install()

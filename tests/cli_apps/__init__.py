@@ -1,0 +1,1 @@
+"""Small apps for the ``flask dbfix check`` tests."""

@@ -1,0 +1,45 @@
+"""An app factory whose start-up behaviour each test picks.
+
+Lines that open connections carry a ``MARK:`` comment so tests can find their line
+numbers instead of hard-coding them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import text
+
+from flask_uwsgi_dbfix import FlaskDBFix
+from flask_uwsgi_dbfix.cli import dbfix_cli
+
+
+def create_app(
+    database_url: str,
+    *,
+    query: bool = False,
+    hold: bool = False,
+    enabled: bool = True,
+    extension: bool = True,
+    engine_options: dict[str, Any] | None = None,
+) -> Flask:
+    """``query``: run a query while creating the app (idle connection left in the pool);
+    ``hold``: keep a Connection checked out; ``enabled``: DBFIX_ENABLED."""
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options or {}
+    app.config["DBFIX_ENABLED"] = enabled
+    db = SQLAlchemy(app)
+    if extension:
+        FlaskDBFix(app)
+    if "dbfix" not in app.cli.commands:  # until init_app registers it
+        app.cli.add_command(dbfix_cli)
+    with app.app_context():
+        if query:
+            db.session.execute(text("SELECT 1"))  # MARK: query
+            db.session.remove()
+        if hold:
+            app.extensions["held"] = db.engine.connect()  # MARK: hold
+    return app

@@ -1,0 +1,27 @@
+"""A module-level app that queries the database at import, as in the bug report.
+
+``flask --app tests.cli_apps.import_query_app dbfix check`` runs against it in a real
+subprocess. Environment: ``DATABASE_URL`` (required); ``IMPORT_QUERY=0`` for a clean app.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import text
+
+from flask_uwsgi_dbfix import FlaskDBFix
+from flask_uwsgi_dbfix.cli import dbfix_cli
+
+app = Flask(__name__)
+app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+db = SQLAlchemy(app)
+FlaskDBFix(app)
+if "dbfix" not in app.cli.commands:  # until init_app registers it
+    app.cli.add_command(dbfix_cli)
+
+if os.environ.get("IMPORT_QUERY", "1") == "1":
+    with app.app_context():
+        SERVER_VERSION = db.session.execute(text("SHOW server_version")).scalar()  # MARK: import
