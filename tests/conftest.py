@@ -47,10 +47,11 @@ def serve(pg: PostgresServer) -> Iterator[StartUwsgi]:
         env: dict[str, str] | None = None,
         options: tuple[str, ...] = (),
         processes: int = 4,
+        master: bool = True,
     ) -> UwsgiServer:
         app_env = {"DATABASE_URL": pg.url(), "DBFIX_FIX": "1" if fix else "0", **(env or {})}
         args = [
-            "--master",
+            *(["--master"] if master else []),
             "--processes", str(processes),
             "--chdir", str(ROOT),
             "--pythonpath", str(ROOT),

@@ -142,3 +142,26 @@ def test_with_fix_a_clean_app_gets_no_warning(serve: StartUwsgi) -> None:
     result = run_load(server.base_url, "/first", total=200, concurrency=16, deadline=60)
     assert result.failed == 0, result.failures
     assert WARNING_NAME not in server.log()
+
+
+def test_with_fix_and_py_call_osafterfork_one_warning_no_failures(serve: StartUwsgi) -> None:
+    """Both hooks run in each worker (Python's at-fork one first); the warning survives."""
+    server = serve(fix=True, options=("--py-call-osafterfork",))
+    result = run_load(server.base_url, "/query", total=400, concurrency=16, deadline=90)
+    assert_isolated(result, ["default"])
+    assert server.log().count(WARNING_NAME) == 1
+
+
+def test_with_fix_without_master_the_raw_post_fork_hook_is_used(serve: StartUwsgi) -> None:
+    """uwsgidecorators refuses to import without --master; the fix must still apply."""
+    server = serve(fix=True, master=False)
+    result = run_load(server.base_url, "/query", total=400, concurrency=16, deadline=90)
+    assert_isolated(result, ["default"])
+    assert server.log().count(WARNING_NAME) == 1
+
+
+def test_with_fix_and_lazy_apps_nothing_is_inherited_so_no_warning(serve: StartUwsgi) -> None:
+    server = serve(fix=True, options=("--lazy-apps",))
+    result = run_load(server.base_url, "/query", total=400, concurrency=16, deadline=90)
+    assert result.failed == 0, result.failures
+    assert WARNING_NAME not in server.log()
