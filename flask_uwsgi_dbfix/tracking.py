@@ -137,6 +137,10 @@ class _EngineTracker:
         with self.lock:
             return [r for r in self.records if r.dbapi_connection is not None]
 
+    def opener_pid(self, record: ConnectionPoolEntry) -> int:
+        """The process that opened ``record``'s connection (the guard inlines this)."""
+        return int(record.info.get(_PID_KEY, self.started_pid))
+
 
 _trackers: weakref.WeakKeyDictionary[Engine, _EngineTracker] = weakref.WeakKeyDictionary()
 _trackers_lock = threading.Lock()
@@ -180,17 +184,18 @@ def open_connections(engine: Engine) -> list[OpenedConnection]:
         return []
     return [
         OpenedConnection(
-            pid=record.info.get(_PID_KEY, tracker.started_pid),
+            pid=tracker.opener_pid(record),
             origin=record.info.get(_ORIGIN_KEY),
-            checked_out=_is_checked_out(record),
+            checked_out=_holder(record) is not None,
         )
         for record in tracker.snapshot()
     ]
 
 
-def _is_checked_out(record: ConnectionPoolEntry) -> bool:
+def _holder(record: ConnectionPoolEntry) -> Any:
+    """The proxy a checked-out record is lent to, or None when it is idle in the pool."""
     fairy_ref = getattr(record, "fairy_ref", None)
-    return fairy_ref is not None and fairy_ref() is not None
+    return fairy_ref() if fairy_ref is not None else None
 
 
 def forget_inherited(engine: Engine) -> None:
@@ -204,12 +209,11 @@ def forget_inherited(engine: Engine) -> None:
     if tracker is not None:
         pid = os.getpid()
         for record in tracker.snapshot():
-            if record.info.get(_PID_KEY, tracker.started_pid) == pid:
+            if tracker.opener_pid(record) == pid:
                 continue
-            fairy_ref = getattr(record, "fairy_ref", None)
-            fairy = fairy_ref() if fairy_ref is not None else None
-            if fairy is not None:
-                fairy.dbapi_connection = None
+            holder = _holder(record)
+            if holder is not None:
+                holder.dbapi_connection = None
             record.dbapi_connection = None  # type: ignore[misc]
     engine.dispose(close=False)
 

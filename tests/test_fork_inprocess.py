@@ -127,3 +127,22 @@ def test_connection_checked_out_across_the_fork_is_never_used_by_the_child(
     assert child["backend"][0] != parent_backend
     assert held.execute(BACKEND).one() == (parent_backend, True)
     held.close()
+
+
+def test_pid_guard_acts_before_pool_pre_ping_touches_the_parents_socket(
+    fresh_db: Callable[[], str],
+) -> None:
+    """A checkout-event guard (SQLAlchemy's recipe) runs after the pre-ping, which already
+    wrote a query on the inherited TLS stream; ours drops the connection before that."""
+    engine = create_engine(fresh_db(), pool_size=1, max_overflow=0, pool_pre_ping=True)
+    try:
+        tracking.track(engine, pid_guard=True)
+        parent_backend, _ = backend(engine)
+
+        child = in_child(lambda: {"backend": backend(engine)})
+
+        assert "error" not in child, child
+        assert child["backend"][0] != parent_backend
+        assert backend(engine) == (parent_backend, True)
+    finally:
+        engine.dispose()
