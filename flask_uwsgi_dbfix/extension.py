@@ -21,6 +21,23 @@ class DBFixState:
     config: DBFixConfig
 
 
+def register(
+    engine: Engine,
+    *,
+    name: str = "registered",
+    pid_guard: bool = True,
+    prefork_warning: bool = True,
+) -> Engine:
+    """Keep a plain ``sqlalchemy.create_engine()`` engine fork-safe too; returns it.
+
+    For engines that Flask-SQLAlchemy does not own. ``name`` is how the warning and
+    ``flask dbfix check`` refer to it.
+    """
+    registry.register(engine, name=name, pid_guard=pid_guard, prefork_warning=prefork_warning)
+    postfork.install()
+    return engine
+
+
 class FlaskDBFix:
     """Makes every engine of an app safe under uWSGI's (or any) pre-forking workers.
 
@@ -48,30 +65,4 @@ class FlaskDBFix:
             registry.add_app(app, config)
             postfork.install()
 
-    @staticmethod
-    def register(
-        engine: Engine,
-        *,
-        name: str = "registered",
-        pid_guard: bool = True,
-        prefork_warning: bool = True,
-    ) -> Engine:
-        """Same as :func:`flask_uwsgi_dbfix.register`."""
-        return register(engine, name=name, pid_guard=pid_guard, prefork_warning=prefork_warning)
-
-
-def register(
-    engine: Engine,
-    *,
-    name: str = "registered",
-    pid_guard: bool = True,
-    prefork_warning: bool = True,
-) -> Engine:
-    """Keep a plain ``sqlalchemy.create_engine()`` engine fork-safe too; returns it.
-
-    For engines that Flask-SQLAlchemy does not own. ``name`` is how the warning and
-    ``flask dbfix check`` refer to it.
-    """
-    registry.register(engine, name=name, pid_guard=pid_guard, prefork_warning=prefork_warning)
-    postfork.install()
-    return engine
+    register = staticmethod(register)  # FlaskDBFix.register(engine): the same function

@@ -16,6 +16,7 @@ an :class:`Unresolved` item and the option's value is ``None``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -101,6 +102,7 @@ _MASTER_IMPLYING = frozenset(
 _RUNTIME_PLACEHOLDER_KEYS = re.compile(r"^(log-?format|log-req-.*|logformat-strftime)$")
 
 _COMMENT = re.compile(r"\s[;#]")
+_EXPANSION_OPENERS = ("$(", "@(", "%(")
 _MAX_EXPANSIONS = 64
 _SENTINEL = "\x00"  # never in a file we accept: marks run-time-only magic variables
 _SENTINEL_RE = re.compile("\x00(.)\x00", re.DOTALL)
@@ -183,6 +185,10 @@ class _State:
         if item not in self.unresolved:
             self.unresolved.append(item)
 
+    def note_option(self, entry: _Entry, reason: str) -> None:
+        """The whole ``key = value`` line cannot be used."""
+        self.note(entry, f"{entry.key} = {entry.value}", reason)
+
 
 def split_ini_spec(spec: str) -> tuple[str, str]:
     """``file.ini:section`` -> (``file.ini``, ``section``); the section defaults to uwsgi.
@@ -190,10 +196,9 @@ def split_ini_spec(spec: str) -> tuple[str, str]:
     Like uWSGI, the last colon separates the section, unless the whole spec names an
     existing file.
     """
-    if ":" not in spec or os.path.exists(spec):
+    if os.path.exists(spec):
         return spec, DEFAULT_SECTION
-    path, _, section = spec.rpartition(":")
-    return path, section or DEFAULT_SECTION
+    return _split_include(spec)
 
 
 def read_ini(
@@ -279,35 +284,30 @@ def _load(
     loop_key = f"{os.path.realpath(resolved)}:{section}"
     if origin is not None and loop_key in state.stack:
         chain = " -> ".join(s.rsplit(":", 1)[0] for s in [*state.stack, loop_key])
-        state.note(origin, f"{origin.key} = {origin.value}", f"include loop: {chain}")
+        state.note_option(origin, f"include loop: {chain}")
         return
     try:
         if origin is not None:
             _check_file(resolved)
         text = _read_text(resolved)
+        state.files.append(resolved)
+        state.last_file = resolved
+        magic = _magic_table(state, path, resolved, section)
+        state.stack.append(loop_key)
+        try:
+            found = _parse(state, _magic_lines(text, magic), resolved, section)
+        finally:
+            state.stack.pop()
     except IniError as exc:
         if origin is None:
             raise
-        state.note(origin, f"{origin.key} = {origin.value}", f"not read: {exc}")
+        state.note_option(origin, f"not read: {exc}")
         return
-    state.files.append(resolved)
-    state.last_file = resolved
-    magic = _magic_table(state, path, resolved, section)
-    state.stack.append(loop_key)
-    try:
-        found = _parse(state, _magic_lines(text, magic), resolved, section)
-    except IniError as exc:
-        if origin is None:
-            raise
-        state.note(origin, f"{origin.key} = {origin.value}", f"not read: {exc}")
-        return
-    finally:
-        state.stack.pop()
     if not found:
         message = f"{resolved}: no [{section}] section"
         if origin is None:
             raise IniError(message)
-        state.note(origin, f"{origin.key} = {origin.value}", message)
+        state.note_option(origin, message)
 
 
 def _parse(state: _State, lines: list[tuple[int, str]], path: str, section: str) -> bool:
@@ -366,21 +366,20 @@ def _add(state: _State, entry: _Entry) -> None:
 def _include(state: _State, entry: _Entry) -> None:
     """``include``/``ini``: uWSGI reads them at once, before any $() @() %() expansion."""
     value = entry.value
-    for token in ("$(", "@(", "%("):
+    for token in _EXPANSION_OPENERS:
         if token in value:
-            state.note(
-                entry,
-                f"{entry.key} = {value}",
-                f"uWSGI opens include paths before expanding {token}...); use %d instead",
-            )
+            reason = f"uWSGI opens include paths before expanding {token}...); use %d instead"
+            state.note_option(entry, reason)
             return
-    if _SENTINEL in value or "://" in value:
-        if "://" in value:
-            state.note(entry, f"{entry.key} = {value}", "remote or exec:// config is not read")
+    if "://" in value:
+        state.note_option(entry, "remote or exec:// config is not read")
+        return
+    if _SENTINEL in value:  # a run-time magic variable, already noted
         return
     if entry.key == "include" and not value.endswith(".ini"):
-        reason = "uWSGI loads only paths ending in .ini here (use ini = file:section)"
-        state.note(entry, f"include = {value}", reason)
+        state.note_option(
+            entry, "uWSGI loads only paths ending in .ini here (use ini = file:section)"
+        )
         return
     path, section = _split_include(value)
     _load(state, path, section, origin=entry)
@@ -398,7 +397,7 @@ def _set_placeholder(state: _State, entry: _Entry) -> None:
     """``set = k=v`` adds an option; ``set-placeholder``/``set-ph`` a placeholder only."""
     name, eq, value = entry.value.partition("=")
     if not eq:
-        state.note(entry, f"{entry.key} = {entry.value}", "expected name=value")
+        state.note_option(entry, "expected name=value")
         return
     placeholder_only = entry.key != "set"
     state.entries.append(_Entry(name, value, entry.file, entry.lineno, placeholder_only))
@@ -410,7 +409,7 @@ def _load_inherited(state: _State, entry: _Entry) -> None:
     path, section = _split_include(entry.value)
     _load(state, path, section, origin=entry)
     for added in state.entries[first:]:
-        for token in ("$(", "@(", "%("):
+        for token in _EXPANSION_OPENERS:
             if token in added.value:
                 state.note(added, token + "...)", "uWSGI does not expand inherited options")
 
@@ -577,18 +576,19 @@ def _file_hook(state: _State, entry: _Entry, name: str) -> str | None:
 def _ref_hook(state: _State, entry: _Entry, name: str) -> str | None:
     if " " in name:
         return _ref_expression(state, entry, name)
-    target = _first(state, name)
+    target = _referred(state, entry, name)
+    return None if target is None else target.value
+
+
+def _referred(state: _State, entry: _Entry, key: str) -> _Entry | None:
+    """uwsgi_get_exported_opt: the *first* definition, unlike the last-wins setting;
+    a missing or unresolved one is noted on ``entry``."""
+    target = next((e for e in state.entries if e.key == key), None)
     if target is None:
-        state.note(entry, f"%({name})", "no such option in this file or its includes")
-        return None
-    if target.unresolved:
-        state.note(entry, f"%({name})", f"refers to '{name}', which is unresolved")
-    return target.value
-
-
-def _first(state: _State, key: str) -> _Entry | None:
-    """uwsgi_get_exported_opt: the *first* definition, unlike the last-wins setting."""
-    return next((e for e in state.entries if e.key == key), None)
+        state.note(entry, f"%({key})", "no such option in this file or its includes")
+    elif target.unresolved:
+        state.note(entry, f"%({key})", f"refers to '{key}', which is unresolved")
+    return target
 
 
 def _ref_expression(state: _State, entry: _Entry, expr: str) -> str:
@@ -600,11 +600,9 @@ def _ref_expression(state: _State, entry: _Entry, expr: str) -> str:
         if token in ops:
             op = ops[token]
             continue
-        if token in ("++", "--") and current is not None:
-            current = str(_atoi(current) + (1 if token == "++" else -1))
-            op = "concat"
-            continue
         if token in ("++", "--"):
+            if current is not None:
+                current = str(_atoi(current) + (1 if token == "++" else -1))
             op = "concat"
             continue
         value = token if re.fullmatch(r"-?\d+", token) else _ref_value(state, entry, token)
@@ -614,13 +612,8 @@ def _ref_expression(state: _State, entry: _Entry, expr: str) -> str:
 
 
 def _ref_value(state: _State, entry: _Entry, key: str) -> str:
-    target = _first(state, key)
-    if target is None:
-        state.note(entry, f"%({key})", "no such option in this file or its includes")
-        return ""
-    if target.unresolved:
-        state.note(entry, f"%({key})", f"refers to '{key}', which is unresolved")
-    return target.value
+    target = _referred(state, entry, key)
+    return "" if target is None else target.value
 
 
 def _apply(op: str, current: str | None, value: str) -> str:
@@ -637,8 +630,8 @@ def _apply(op: str, current: str | None, value: str) -> str:
 
 
 def _atoi(text: str) -> int:
-    match = re.match(r"\s*([+-]?\d+)", text)
-    return int(match.group(1)) if match else 0
+    """C's atoi: 0 when there is no number."""
+    return parse_int(text) or 0
 
 
 # -- what the audit needs -------------------------------------------------------------
@@ -752,15 +745,14 @@ class _Reader:
 def settings_from_ini(ini: UwsgiIni) -> UwsgiSettings:
     """Fold the ini's options into what uWSGI would end up with."""
     read = _Reader(ini)
-    master = read.flag("master")
-    implied = next((o.key for o in ini.options if o.key in _MASTER_IMPLYING), None)
-    if ini.last("master") is None:
-        master = implied is not None
+    master_set = ini.last("master") is not None
+    implied = None if master_set else _master_implied_by(ini)
+    master = read.flag("master") if master_set else implied is not None
     lazy_apps, lazy = read.flag("lazy-apps"), read.flag("lazy")
     lazy_key = "lazy-apps" if lazy_apps else "lazy" if lazy else None
     return UwsgiSettings(
         master=master,
-        master_implied_by=implied if ini.last("master") is None else None,
+        master_implied_by=implied,
         processes=read.number("processes", "workers"),
         processes_set=ini.last("processes", "workers") is not None,
         lazy_apps=True if lazy_key else None if _lazy_unresolved(ini) else False,
@@ -778,6 +770,11 @@ def settings_from_ini(ini: UwsgiIni) -> UwsgiSettings:
     )
 
 
+def _master_implied_by(ini: UwsgiIni) -> str | None:
+    """The first option that turns the master on without ``master = true``."""
+    return next((o.key for o in ini.options if o.key in _MASTER_IMPLYING), None)
+
+
 def _unresolved_options(ini: UwsgiIni, found: list[str]) -> tuple[str, ...]:
     """Audited options whose value is unknown, including ones inside option logic."""
     keys = found + [u.key for u in ini.unresolved if u.key in AUDITED]
@@ -792,8 +789,9 @@ def _served_apps(ini: UwsgiIni, read: _Reader) -> tuple[ServedApp, ...]:
     """The apps uWSGI's Python plugin would load: mounts, then module, then wsgi-file."""
     callable_name = read.text("callable")
     base = _app_dir(ini, read)
-    served = [_mount(o.value, base, callable_name) for o in ini.all("mount") if o.value]
-    if any(o.value is None for o in ini.all("mount")):
+    mounts = ini.all("mount")
+    served = [_mount(o.value, base, callable_name) for o in mounts if o.value]
+    if any(o.value is None for o in mounts):
         read.unresolved.append("mount")
     module = read.text("module", "wsgi")
     if module:
@@ -831,7 +829,7 @@ def _mount(value: str, base: str, callable_name: str | None) -> ServedApp:
         app = _module_app("mount", target, callable_name)
     else:
         app = ServedApp("mount", target, None, None, None)
-    return ServedApp(app.option, target, app.module, app.file, app.callable, mountpoint)
+    return dataclasses.replace(app, mountpoint=mountpoint)
 
 
 def _misspelt(ini: UwsgiIni) -> tuple[tuple[str, str], ...]:

@@ -19,7 +19,8 @@ from flask import Flask
 from sqlalchemy import event
 
 from flask_uwsgi_dbfix import cli
-from flask_uwsgi_dbfix.cli import build_report, exit_code, render_human, report_to_json
+from flask_uwsgi_dbfix.check import build_report, exit_code
+from flask_uwsgi_dbfix.check_output import render_human, report_to_json
 from tests.cli_apps import factory
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -34,7 +34,7 @@ def create_app(
     db = SQLAlchemy(app)
     if extension:
         FlaskDBFix(app)
-    if "dbfix" not in app.cli.commands:  # until init_app registers it
+    else:  # init_app adds the group; without the extension it is added by hand
         app.cli.add_command(dbfix_cli)
     with app.app_context():
         if query:

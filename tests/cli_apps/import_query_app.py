@@ -13,14 +13,11 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import text
 
 from flask_uwsgi_dbfix import FlaskDBFix
-from flask_uwsgi_dbfix.cli import dbfix_cli
 
 app = Flask(__name__)
 app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
 db = SQLAlchemy(app)
 FlaskDBFix(app)
-if "dbfix" not in app.cli.commands:  # until init_app registers it
-    app.cli.add_command(dbfix_cli)
 
 if os.environ.get("IMPORT_QUERY", "1") == "1":
     with app.app_context():
