@@ -416,14 +416,22 @@ def _forks(report: CheckReport) -> bool | None:
     return True if report.uwsgi is None else report.uwsgi.forks
 
 
+def _prefork_severity(report: CheckReport, engine: str, forks: bool | None) -> Severity:
+    """Error only when workers would really share the socket: the fix makes each worker
+    drop its copy of a managed engine's connections, leaving a wasted idle one."""
+    if forks is False:
+        return "info"
+    managed = any(e.name == engine and e.managed for e in report.engines)
+    return "warning" if managed or forks is None else "error"
+
+
 def _prefork_findings(report: CheckReport) -> list[Finding]:
     forks = _forks(report)
-    severity: Severity = "error" if forks else "warning" if forks is None else "info"
     groups = Counter((c.engine, describe_origin(c.origin)) for c in report.prefork)
     found = [
         Finding(
             "prefork-connection",
-            severity,
+            _prefork_severity(report, engine, forks),
             f"Engine '{engine}' has {plural(count, 'connection')} open before the "
             f"fork, opened at {where}. " + _prefork_consequence(report, forks),
             "Open no connection while the app is created (move the query into a "

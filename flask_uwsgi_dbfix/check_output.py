@@ -1,7 +1,7 @@
 """A :class:`~flask_uwsgi_dbfix.check.CheckReport` for people and for machines.
 
 :func:`render_human` fits an 80-column terminal; :func:`report_to_json` is the ``--json``
-object, whose schema (version :data:`SCHEMA_VERSION`) is documented in docs/cli.md.
+object, whose schema (version :data:`SCHEMA_VERSION`) is documented in README.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _SEVERITY_COLOR = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 
 def report_to_json(report: CheckReport, strict: bool = False) -> dict[str, Any]:
-    """The ``--json`` object; its schema is documented in docs/cli.md (version 1)."""
+    """The ``--json`` object; its schema is documented in README.md (version 1)."""
     code = exit_code(report, strict)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -273,6 +273,9 @@ def _render_verdict(out: _Writer, report: CheckReport, strict: bool) -> None:
     if code:
         verdict = out.style("FAIL", fg="red", bold=True)
         why = "fix the errors" if errors else "warnings count as errors with --strict"
+    elif report.count("warning"):
+        verdict = out.style("OK", fg="green", bold=True)
+        why = "review the warnings"
     else:
         verdict = out.style("OK", fg="green", bold=True)
         why = "nothing to fix"

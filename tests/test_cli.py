@@ -121,13 +121,21 @@ def test_clean_app_with_a_good_ini_has_no_findings(
     assert data["uwsgi_config"]["served"][0]["matches"] == "same"
 
 
-def test_query_while_creating_the_app_is_an_error_naming_file_and_line(
+def test_query_while_creating_the_app_is_a_warning_naming_file_and_line(
     make_app: MakeApp,
 ) -> None:
+    """With the fix on, workers drop their copies: the master's idle connection is waste."""
     result = run(make_app(query=True))
-    assert result.exit_code == 1
+    assert result.exit_code == 0
     line = mark_line(FACTORY, "query")
     assert f"factory.py:{line} in create_app" in result.stdout
+    assert "WARNING  prefork-connection" in result.stdout
+    assert run(make_app(query=True), "--strict").exit_code == 1
+
+
+def test_query_while_creating_the_app_without_the_fix_is_an_error(make_app: MakeApp) -> None:
+    result = run(make_app(query=True, enabled=False))
+    assert result.exit_code == 1
     assert "ERROR    prefork-connection" in result.stdout
     assert "Verdict: FAIL" in result.stdout
 
@@ -142,7 +150,7 @@ def test_prefork_connection_json_has_the_origin(make_app: MakeApp) -> None:
     }
     assert conn["checked_out"] is False
     assert conn["pid"] == os.getpid()
-    assert codes(data)["prefork-connection"] == "error"
+    assert codes(data)["prefork-connection"] == "warning"
     assert data["engines"][0]["open_connections"] == 1
 
 
@@ -176,7 +184,8 @@ def test_single_process_without_master_does_not_fork(make_app: MakeApp, tmp_path
 
 
 def test_single_process_with_master_still_forks(make_app: MakeApp, tmp_path: Path) -> None:
-    data = run_json(make_app(query=True), "--ini", str(ini(tmp_path, "[uwsgi]\nmaster = 1\n")))
+    app = make_app(query=True, enabled=False)
+    data = run_json(app, "--ini", str(ini(tmp_path, "[uwsgi]\nmaster = 1\n")))
     assert codes(data)["prefork-connection"] == "error"
     assert codes(data)["single-worker"] == "info"
 
@@ -513,7 +522,7 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
 
 def test_findings_are_ordered_by_severity(make_app: MakeApp, tmp_path: Path) -> None:
     text = "[uwsgi]\nprocesses = 4\npy-call-osafterfork = 1\n"
-    data = run_json(make_app(query=True), "--ini", str(ini(tmp_path, text)))
+    data = run_json(make_app(query=True, enabled=False), "--ini", str(ini(tmp_path, text)))
     order = {"error": 0, "warning": 1, "info": 2}
     severities = [order[f["severity"]] for f in data["findings"]]
     assert severities == sorted(severities)
@@ -533,7 +542,7 @@ def test_human_output_fits_80_columns_and_has_no_colour_off_a_tty(
 
 
 def test_colour_only_on_a_tty(make_app: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
-    app = make_app(query=True)
+    app = make_app(query=True, enabled=False)
     monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
     coloured = run(app).stdout
     assert ANSI.search(coloured)
@@ -588,15 +597,18 @@ def flask_check(database_url: str, *args: str, **env: str) -> subprocess.Complet
     )
 
 
-@pytest.mark.skipif(not FLASK.exists(), reason="flask command not installed")
 def test_real_flask_command_finds_the_import_time_query(pg: Any, tmp_path: Path) -> None:
     url: str = pg.url()
     path = ini(tmp_path, GOOD_INI + "module = tests.cli_apps.import_query_app:app\n")
-    result = flask_check(url, "--ini", str(path))
+    result = flask_check(url, "--ini", str(path), "--strict")
     assert result.returncode == 1, result.stdout + result.stderr
     where = f"tests/cli_apps/import_query_app.py:{mark_line(IMPORT_APP, 'import')} in <module>"
     assert where in result.stdout
-    assert "ERROR    prefork-connection" in result.stdout
+    assert "WARNING  prefork-connection" in result.stdout
+    assert flask_check(url, "--ini", str(path)).returncode == 0  # the fix is on: a warning
+    unfixed = flask_check(url, "--ini", str(path), DBFIX_ENABLED="false")
+    assert unfixed.returncode == 1, unfixed.stdout + unfixed.stderr
+    assert "ERROR    prefork-connection" in unfixed.stdout
     assert "postgresql+psycopg2" in result.stdout
     assert "(same: tests.cli_apps.import_query_app:app is this app)" in " ".join(
         result.stdout.split()
@@ -608,7 +620,6 @@ def test_real_flask_command_finds_the_import_time_query(pg: Any, tmp_path: Path)
         assert pg.password not in output
 
 
-@pytest.mark.skipif(not FLASK.exists(), reason="flask command not installed")
 def test_real_flask_command_passes_a_clean_app(pg: Any, tmp_path: Path) -> None:
     path = ini(tmp_path, GOOD_INI + "module = tests.cli_apps.import_query_app:app\n")
     result = flask_check(pg.url(), "--ini", str(path), "--strict", IMPORT_QUERY="0")

@@ -1,7 +1,8 @@
 """A module-level app that queries the database at import, as in the bug report.
 
 ``flask --app tests.cli_apps.import_query_app dbfix check`` runs against it in a real
-subprocess. Environment: ``DATABASE_URL`` (required); ``IMPORT_QUERY=0`` for a clean app.
+subprocess. Environment: ``DATABASE_URL`` (required); ``IMPORT_QUERY=0`` for a clean app;
+``DBFIX_ENABLED=false`` to switch the fix off.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flask_uwsgi_dbfix import FlaskDBFix
 
 app = Flask(__name__)
 app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+app.config["DBFIX_ENABLED"] = os.environ.get("DBFIX_ENABLED", "true")  # the off switch
 db = SQLAlchemy(app)
 FlaskDBFix(app)
 
