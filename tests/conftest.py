@@ -37,7 +37,7 @@ StartUwsgi = Callable[..., UwsgiServer]
 
 
 @pytest.fixture
-def serve(pg: PostgresServer) -> Iterator[StartUwsgi]:
+def serve(pg: PostgresServer, tmp_path: Path) -> Iterator[StartUwsgi]:
     """Starts ``tests/apps/bug_app.py`` under a real uWSGI master; stops every one at teardown."""
     started: list[UwsgiServer] = []
 
@@ -59,7 +59,9 @@ def serve(pg: PostgresServer) -> Iterator[StartUwsgi]:
             "--need-app",
             *options,
         ]  # fmt: skip
-        server = start_uwsgi(args, env=app_env, cwd=ROOT, processes=processes)
+        log_dir = tmp_path / f"uwsgi-{len(started)}"
+        log_dir.mkdir()
+        server = start_uwsgi(args, env=app_env, cwd=ROOT, processes=processes, log_dir=log_dir)
         started.append(server)
         return server
 
