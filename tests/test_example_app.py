@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -207,3 +208,28 @@ def test_uwsgi_ini_explains_every_option() -> None:
     assert options["http-socket"].startswith("127.0.0.1:")
     assert int(options["max-requests"]) > 0
     assert "lazy-apps" not in options and "lazy" not in options
+
+
+def test_flask_dbfix_check_passes_example_app_with_its_uwsgi_ini(
+    fresh_db: Callable[[], str],
+) -> None:
+    """The real `flask` command, as a user runs it before deploying: exit 0 (the seeding
+    connection is a warning, the fix manages it); --strict turns that warning into 1."""
+    flask = Path(sys.executable).parent / "flask"
+    url = fresh_db()
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    command = [str(flask), "--app", "example_app.wsgi", "dbfix", "check", "--ini", "uwsgi.ini"]
+
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    result = check()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(same: example_app.wsgi:app is this app)" in " ".join(result.stdout.split())
+    assert "WARNING  prefork-connection" in result.stdout
+    assert "example_app/__init__.py:" in result.stdout
+    assert check("--strict").returncode == 1
+    password = make_url(url).password
+    assert password and password not in result.stdout + result.stderr
