@@ -344,7 +344,7 @@ def _postmaster_pid(datadir: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True if pid runs; a zombie counts as dead (PID 1 here may be slow to reap orphans)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -356,7 +356,7 @@ def _alive(pid: int) -> bool:
 def _stop(root: Path, bindir: Path) -> None:
     datadir = root / "data"
     pid = _postmaster_pid(datadir)
-    if pid is not None and _alive(pid):
+    if pid is not None and process_alive(pid):
         owner = datadir.stat().st_uid
         account = pwd.getpwuid(owner) if os.geteuid() == 0 and owner != 0 else None
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -375,11 +375,11 @@ def _stop(root: Path, bindir: Path) -> None:
                 ],
                 root,
             )
-        if _alive(pid):
+        if process_alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 5
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
     shutil.rmtree(root, ignore_errors=True)
 

@@ -89,18 +89,25 @@ def test_control_a_child_that_closes_the_inherited_connection_breaks_the_parent(
             conn.execute(text("SELECT 1"))
 
 
+@pytest.mark.parametrize("pre_ping", [False, True], ids=["plain", "pool_pre_ping"])
 def test_pid_guard_replaces_a_connection_checked_out_in_another_process(
-    engine: Engine,
+    fresh_db: Callable[[], str], pre_ping: bool
 ) -> None:
-    # Tracked but not registered: no at-fork hook disposes it, only the guard protects it.
-    tracking.track(engine, pid_guard=True)
-    parent_backend, _ = backend(engine)
+    """With pool_pre_ping, SQLAlchemy's checkout-event recipe would let the child's ping
+    write on the inherited TLS stream first; the guard drops the connection before that."""
+    engine = create_engine(fresh_db(), pool_size=1, max_overflow=0, pool_pre_ping=pre_ping)
+    try:
+        # Tracked but not registered: no at-fork hook disposes it, only the guard protects.
+        tracking.track(engine, pid_guard=True)
+        parent_backend, _ = backend(engine)
 
-    child = in_child(lambda: {"backend": backend(engine)})
+        child = in_child(lambda: {"backend": backend(engine)})
 
-    assert "error" not in child, child
-    assert child["backend"][0] != parent_backend
-    assert backend(engine) == (parent_backend, True)
+        assert "error" not in child, child
+        assert child["backend"][0] != parent_backend
+        assert backend(engine) == (parent_backend, True)
+    finally:
+        engine.dispose()
 
 
 def test_without_guard_or_hook_the_child_reuses_the_parents_backend(engine: Engine) -> None:
@@ -127,22 +134,3 @@ def test_connection_checked_out_across_the_fork_is_never_used_by_the_child(
     assert child["backend"][0] != parent_backend
     assert held.execute(BACKEND).one() == (parent_backend, True)
     held.close()
-
-
-def test_pid_guard_acts_before_pool_pre_ping_touches_the_parents_socket(
-    fresh_db: Callable[[], str],
-) -> None:
-    """A checkout-event guard (SQLAlchemy's recipe) runs after the pre-ping, which already
-    wrote a query on the inherited TLS stream; ours drops the connection before that."""
-    engine = create_engine(fresh_db(), pool_size=1, max_overflow=0, pool_pre_ping=True)
-    try:
-        tracking.track(engine, pid_guard=True)
-        parent_backend, _ = backend(engine)
-
-        child = in_child(lambda: {"backend": backend(engine)})
-
-        assert "error" not in child, child
-        assert child["backend"][0] != parent_backend
-        assert backend(engine) == (parent_backend, True)
-    finally:
-        engine.dispose()

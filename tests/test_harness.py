@@ -16,7 +16,13 @@ import psycopg2
 import pytest
 
 from harness.load import NOT_SENT, get_json, run_load
-from harness.postgres import PostgresServer, postgres_server, start_postgres, stop_postgres
+from harness.postgres import (
+    PostgresServer,
+    postgres_server,
+    process_alive,
+    start_postgres,
+    stop_postgres,
+)
 from harness.uwsgi import group_pids, start_uwsgi
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,14 +49,6 @@ APP = textwrap.dedent(
 def pg() -> Iterator[PostgresServer]:
     with postgres_server() as server:
         yield server
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_tcp_connection_is_ssl_and_verified(pg: PostgresServer) -> None:
@@ -127,10 +125,10 @@ def test_password_is_never_printed(pg: PostgresServer) -> None:
 def test_stop_removes_dir_and_process() -> None:
     server = start_postgres()
     postmaster = int((server.datadir / "postmaster.pid").read_text().split()[0])
-    assert _alive(postmaster)
+    assert process_alive(postmaster)
     stop_postgres(server)
     assert not server.root.exists()
-    assert not _alive(postmaster)
+    assert not process_alive(postmaster)
     stop_postgres(server)  # idempotent, does not raise
 
 
@@ -162,7 +160,7 @@ def test_uwsgi_workers_serve_load_and_stop_cleanly(app_dir: Path) -> None:
         server.stop()
     assert server.process.returncode is not None
     assert group_pids(server.process.pid) == []
-    assert not any(_alive(pid) for pid in workers)
+    assert not any(process_alive(pid) for pid in workers)
     assert "spawned uWSGI worker 2" in server.log()
     server.stop()  # idempotent
 
