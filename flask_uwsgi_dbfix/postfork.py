@@ -35,11 +35,14 @@ class _StartupToken:
         self._read_fd, write_fd = os.pipe()
         os.write(write_fd, b"1")
         os.close(write_fd)
+        # Never block a worker: should anything else hold a write end, an empty pipe
+        # simply means "someone else warned".
+        os.set_blocking(self._read_fd, False)
 
     def take(self) -> bool:
         try:
             return os.read(self._read_fd, 1) == b"1"
-        except OSError:
+        except OSError:  # BlockingIOError included
             return False
 
 
@@ -49,11 +52,19 @@ def forget_inherited_connections() -> list[InheritedConnections]:
     Never closes, pings or writes to them: that is the parent's socket. Returns what was
     inherited, for the warning.
     """
+    registry.reset_locks_in_child()
+    tracking.reset_locks_in_child()
     engines = registry.all_engines()
-    pid = os.getpid()
-    found = inherited_connections([m for m in engines if m.prefork_warning], pid)
+    try:  # read before forgetting; a failure here must not stop the forgetting
+        found = inherited_connections([m for m in engines if m.prefork_warning], os.getpid())
+    except Exception:
+        logger.exception("flask-uwsgi-dbfix: could not list inherited connections")
+        found = []
     for managed in engines:
-        tracking.forget_inherited(managed.engine)
+        try:  # one engine's failure (e.g. a user's dispose listener) must not spare the rest
+            tracking.forget_inherited(managed.engine)
+        except Exception:
+            logger.exception("flask-uwsgi-dbfix: could not reset engine %r", managed.name)
     return found
 
 
@@ -110,13 +121,12 @@ def _install_uwsgi_hook() -> str:
     except ImportError:
         return "not under uWSGI"
     _startup_token = _StartupToken()
+    previous: Any = getattr(uwsgi, "post_fork_hook", None)
     try:
         import uwsgidecorators
     except Exception:
         # uwsgidecorators refuses to import without --master. Chain onto the raw hook
         # instead, keeping whatever was there.
-        previous: Any = getattr(uwsgi, "post_fork_hook", None)
-
         def chained_hook() -> None:
             on_uwsgi_postfork()
             if previous is not None:
@@ -124,5 +134,10 @@ def _install_uwsgi_hook() -> str:
 
         uwsgi.post_fork_hook = chained_hook
         return "post_fork_hook"
+    if previous is not None and previous is not getattr(
+        uwsgidecorators, "postfork_chain_hook", None
+    ):
+        # Importing uwsgidecorators replaced a hook the app had set by hand: keep it.
+        uwsgidecorators.postfork(previous)
     uwsgidecorators.postfork(on_uwsgi_postfork)
     return "uwsgidecorators"

@@ -148,10 +148,18 @@ def _listen_for_first_connect() -> None:
 
 
 def _on_first_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-    with _lock:
-        apps = [(app, config) for app, config in _apps.items() if _has_untracked(app)]
+    with _lock:  # held as briefly as possible: a fork while it is held inherits it locked
+        apps = list(_apps.items())
     for app, config in apps:
-        _app_engines(app, config)
+        if _has_untracked(app):
+            _app_engines(app, config)
+
+
+def reset_locks_in_child() -> None:
+    """In a fresh fork, replace the locks: one held by another thread of the parent at fork
+    time would never be released here. The child runs one thread at this point."""
+    global _lock
+    _lock = threading.RLock()
 
 
 def _has_untracked(app: Flask) -> bool:

@@ -8,7 +8,9 @@ connections were inherited and which code opened them.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 import sys
 import threading
 import weakref
@@ -170,6 +172,15 @@ def track(engine: Engine, *, pid_guard: bool = True) -> bool:
     event.listen(engine, "connect", tracker.on_connect)
     if pid_guard:
         tracker.guard(engine.pool)
+    held = getattr(engine.pool, "checkedout", lambda: 0)()
+    if held:
+        logging.getLogger("flask_uwsgi_dbfix").warning(
+            "flask-uwsgi-dbfix: engine %s already has %d connection(s) checked out; they "
+            "were opened before it was registered and are not protected across a fork. "
+            "Register the engine (or call FlaskDBFix) before using it.",
+            masked_url(engine),
+            held,
+        )
     return True
 
 
@@ -218,6 +229,22 @@ def forget_inherited(engine: Engine) -> None:
     engine.dispose(close=False)
 
 
+_SECRET_QUERY_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
+
+
 def masked_url(engine: Engine) -> str:
-    """The engine URL safe to print."""
-    return engine.url.render_as_string(hide_password=True)
+    """The engine URL safe to print: the password, and query values such as libpq's
+    ``?password=`` or ``sslpassword=``, replaced by ``***``."""
+    url = engine.url
+    secrets = {key: "***" for key in url.query if _SECRET_QUERY_KEY.search(key)}
+    if secrets:
+        url = url.update_query_dict(secrets)
+    return url.render_as_string(hide_password=True)
+
+
+def reset_locks_in_child() -> None:
+    """See :func:`flask_uwsgi_dbfix.registry.reset_locks_in_child`."""
+    global _trackers_lock
+    _trackers_lock = threading.Lock()
+    for tracker in list(_trackers.values()):
+        tracker.lock = threading.Lock()

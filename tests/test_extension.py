@@ -175,3 +175,14 @@ def test_engine_disposed_by_the_app_stays_tracked(tmp_path: Path) -> None:
         db.session.close()
         db.engine.dispose()
         assert tracking.open_connections(db.engine) == []
+
+
+def test_masked_url_hides_passwords_in_the_query_string_too() -> None:
+    engine = create_engine(
+        "postgresql+psycopg2://app:s3cret@db/app?password=hunter2&sslpassword=k3y&sslmode=require"
+    )
+    shown = tracking.masked_url(engine)
+    for secret in ("s3cret", "hunter2", "k3y"):
+        assert secret not in shown
+    assert "sslmode=require" in shown
+    assert shown.startswith("postgresql+psycopg2://app:***@db/app?")

@@ -8,13 +8,17 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
+import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from flask_uwsgi_dbfix import register, tracking
+from flask_uwsgi_dbfix import register, registry, tracking
 
 BACKEND = text(
     "SELECT pg_backend_pid(), (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())"
@@ -134,3 +138,37 @@ def test_connection_checked_out_across_the_fork_is_never_used_by_the_child(
     assert child["backend"][0] != parent_backend
     assert held.execute(BACKEND).one() == (parent_backend, True)
     held.close()
+
+
+def test_fork_while_another_thread_holds_the_extensions_locks_does_not_hang(
+    engine: Engine,
+) -> None:
+    """A lock held by another thread at fork time is never released in the child; the
+    at-fork hook must not wait for it."""
+    register(engine, name="locked")
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_locks() -> None:
+        with registry._lock, tracking._trackers_lock:
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold_locks)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with warnings.catch_warnings():  # Python 3.12+ warns about forking with threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # the at-fork hook has already run by now
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done[0] == pid, "the child hung in the after-fork hook"
+    finally:
+        release.set()
+        thread.join()

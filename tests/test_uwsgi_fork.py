@@ -165,3 +165,12 @@ def test_with_fix_and_lazy_apps_nothing_is_inherited_so_no_warning(serve: StartU
     result = run_load(server.base_url, "/query", total=400, concurrency=16, deadline=90)
     assert result.failed == 0, result.failures
     assert WARNING_NAME not in server.log()
+
+
+def test_an_apps_own_raw_post_fork_hook_still_runs_in_every_worker(serve: StartUwsgi) -> None:
+    """Importing uwsgidecorators replaces uwsgi.post_fork_hook; the extension chains the
+    app's own hook back in instead of silently dropping it."""
+    server = serve(fix=True, env={"RAW_POSTFORK_HOOK": "1"})
+    result = run_load(server.base_url, "/query", total=200, concurrency=16, deadline=60)
+    assert_isolated(result, ["default"])
+    assert server.log().count("app's own post_fork_hook ran") == 4

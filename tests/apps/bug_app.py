@@ -6,6 +6,7 @@ Served by real uWSGI in the tests. Environment:
   PLAIN_DATABASE_URL   optional plain engine, passed to register() when the fix is on
   DBFIX_FIX            "1" to use FlaskDBFix (default "0": the bug as reported)
   IMPORT_QUERY         "0" for a clean app that opens no connection while created
+  RAW_POSTFORK_HOOK    "1": the app sets uwsgi.post_fork_hook by hand before FlaskDBFix
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ db = SQLAlchemy(app)
 plain: Engine | None = None
 if os.environ.get("PLAIN_DATABASE_URL"):
     plain = create_engine(os.environ["PLAIN_DATABASE_URL"])
+if os.environ.get("RAW_POSTFORK_HOOK") == "1":
+    uwsgi.post_fork_hook = lambda: print("app's own post_fork_hook ran", flush=True)
 if FIX:
     FlaskDBFix(app)
     if plain is not None:
