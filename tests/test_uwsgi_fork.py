@@ -174,3 +174,21 @@ def test_an_apps_own_raw_post_fork_hook_still_runs_in_every_worker(serve: StartU
     result = run_load(server.base_url, "/query", total=200, concurrency=16, deadline=60)
     assert_isolated(result, ["default"])
     assert server.log().count("app's own post_fork_hook ran") == 4
+
+
+def test_psycopg3_has_the_same_bug_and_the_same_cure(
+    serve: StartUwsgi, pg: PostgresServer
+) -> None:
+    url = {"DATABASE_URL": pg.url(driver="postgresql+psycopg")}
+    broken = serve(fix=False, env=url)
+    firsts = first_queries(broken, workers=4)
+    assert len(firsts) >= 2, "load did not reach two workers"
+    for body in firsts.values():
+        first = body["first"]["default"]
+        assert first.get("backend") == body["import"]["default"] or "error" in first, first
+    broken.stop()
+
+    fixed = serve(fix=True, env=url)
+    result = run_load(fixed.base_url, "/query", total=1000, concurrency=16, deadline=120)
+    assert_isolated(result, ["default"])
+    assert "postgresql+psycopg://" in fixed.log()
