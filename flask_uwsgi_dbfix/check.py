@@ -509,6 +509,7 @@ def _disabled_findings(report: CheckReport) -> list[Finding]:
 def _ini_findings(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
     s = uwsgi.settings
     found = _master_findings(uwsgi) + _worker_findings(report, uwsgi)
+    found += _interpreter_findings(uwsgi)
     found += _app_findings(uwsgi)
     found += _unresolved_findings(uwsgi)
     found += [
@@ -615,6 +616,53 @@ def _worker_findings(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
         )
     found += _thread_pool_findings(report.engines, s.threads or 1)
     return found
+
+
+def _interpreter_findings(uwsgi: UwsgiReport) -> list[Finding]:
+    """uWSGI calls ``uwsgi.post_fork_hook`` (what ``uwsgidecorators.postfork`` sets) only
+    in the main interpreter (``uwsgi_python_post_fork``); apps in sub-interpreters never
+    see it."""
+    s = uwsgi.settings
+    if s.single_interpreter or "single-interpreter" in s.unresolved_options:
+        return []
+    isolated = _sub_interpreter_apps(s.served)
+    if not isolated or uwsgi.forks is not True:
+        return []
+    loaded = sum(a.module is not None or a.file is not None for a in s.served)
+    where = ", ".join(mask_passwords(a.mountpoint or "") for a in isolated)
+    if len(isolated) == 1:
+        what = f"the app mounted at {where} runs in its own Python sub-interpreter"
+    else:
+        what = f"the apps mounted at {where} run in their own Python sub-interpreters"
+    return [
+        Finding(
+            "multiple-interpreters",
+            "warning",
+            f"{loaded} apps are loaded and single-interpreter is off, so {what}. uWSGI "
+            "runs the post-fork hook (uwsgidecorators.postfork) only in the main "
+            "interpreter, so the fix's hook never runs for "
+            f"{'it' if len(isolated) == 1 else 'them'}: only its pid guard drops "
+            "inherited connections, at checkout, and a connection held across the fork "
+            "is not protected at all.",
+            "Set single-interpreter = true (all apps then share the main interpreter "
+            "and its modules).",
+            _ini_location(uwsgi.ini, "mount"),
+        )
+    ]
+
+
+def _sub_interpreter_apps(served: tuple[ServedApp, ...]) -> list[ServedApp]:
+    """The Python apps uWSGI gives a new interpreter without single-interpreter.
+
+    ``module``/``wsgi-file`` load first, in the main interpreter; each ``mount`` then
+    gets ``Py_NewInterpreter()`` unless it is the very first app (pyloader.c). A mount
+    that is not ``module:callable``, ``.py`` or ``.wsgi`` is not a Python app.
+    """
+    python = [a for a in served if a.module is not None or a.file is not None]
+    mounts = [a for a in python if a.option == "mount"]
+    if len(python) < 2 or not mounts:
+        return []
+    return mounts if len(mounts) < len(python) else mounts[1:]
 
 
 def _thread_pool_findings(engines: tuple[EngineReport, ...], threads: int) -> list[Finding]:

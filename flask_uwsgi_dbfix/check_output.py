@@ -105,6 +105,7 @@ def _uwsgi_json(report: CheckReport) -> dict[str, Any] | None:
         "threads": s.threads,
         "py_call_osafterfork": s.py_call_osafterfork,
         "max_requests": s.max_requests,
+        "single_interpreter": s.single_interpreter,
         "forks": uwsgi.forks,
         "fork_reason": uwsgi.fork_reason,
         "served": [_served_json(m) for m in uwsgi.matches],
@@ -224,6 +225,7 @@ def _render_uwsgi(out: _Writer, report: CheckReport) -> None:
         ("threads", s.threads, "not set", ""),
         ("py-call-osafterfork", s.py_call_osafterfork, "no", ""),
         ("max-requests", s.max_requests, "not set", ""),
+        ("single-interpreter", s.single_interpreter, "no", ""),
     ]
     rows = [(key, _show(s, key, value, unset) + note) for key, value, unset, note in audited]
     rows.append(("forks", f"{_yes_no(uwsgi.forks)}: {uwsgi.fork_reason}"))

@@ -686,6 +686,9 @@ class UwsgiSettings:
     threads: int | None
     py_call_osafterfork: bool | None
     max_requests: int | None
+    single_interpreter: bool | None
+    """``None`` when not set: uWSGI then gives every ``mount`` after the first app its
+    own sub-interpreter (``core/uwsgi.c``, ``plugins/python/pyloader.c``)."""
     served: tuple[ServedApp, ...]
     unresolved_options: tuple[str, ...]
     """Audited options whose value could not be resolved."""
@@ -705,6 +708,7 @@ AUDITED = (
     "threads",
     "py-call-osafterfork",
     "max-requests",
+    "single-interpreter",
     "module",
     "wsgi",
     "wsgi-file",
@@ -761,6 +765,7 @@ def settings_from_ini(ini: UwsgiIni) -> UwsgiSettings:
         threads=read.number("threads"),
         py_call_osafterfork=read.flag("py-call-osafterfork"),
         max_requests=read.number("max-requests"),
+        single_interpreter=read.flag("single-interpreter"),
         served=_served_apps(ini, read),
         unresolved_options=_unresolved_options(ini, read.unresolved),
         misspelt=_misspelt(ini),

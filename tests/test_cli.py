@@ -368,6 +368,68 @@ def test_master_implied_by_another_option(make_app: MakeApp, tmp_path: Path) -> 
     assert "no-master" not in codes(data)
 
 
+TWO_MOUNTS = "mount = /a=served_a:app\nmount = /b=served_b:app\n"
+
+
+def test_several_mounts_without_single_interpreter_is_a_warning(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    app = make_app()
+    text = GOOD_INI + TWO_MOUNTS
+    path = str(ini(tmp_path, text))
+    data = run_json(app, "--ini", path)
+    assert codes(data)["multiple-interpreters"] == "warning"
+    (finding,) = (f for f in data["findings"] if f["code"] == "multiple-interpreters")
+    assert "the app mounted at /b runs in its own Python sub-interpreter" in finding["message"]
+    assert "only in the main interpreter" in finding["message"]
+    assert finding["fix"].startswith("Set single-interpreter = true")
+    assert finding["location"] == "uwsgi.ini:5"
+    assert data["uwsgi_config"]["single_interpreter"] is None
+    result = run(app, "--ini", path)
+    assert "WARNING  multiple-interpreters" in result.stdout
+    assert "single-interpreter   no\n" in result.stdout
+    assert run(app, "--ini", path, "--strict").exit_code == 1
+
+
+def test_mount_next_to_module_gets_its_own_interpreter(make_app: MakeApp, tmp_path: Path) -> None:
+    """module/wsgi-file load first, in the main interpreter; every mount then gets its own."""
+    text = GOOD_INI + "mount = /a=served_a:app\nmount = /b=b.wsgi\nmodule = served_main:app\n"
+    data = run_json(make_app(), "--ini", str(ini(tmp_path, text)))
+    (finding,) = (f for f in data["findings"] if f["code"] == "multiple-interpreters")
+    assert finding["message"].startswith("3 apps are loaded")
+    assert "the apps mounted at /a, /b run in their own" in finding["message"]
+
+
+def test_single_interpreter_true_has_no_interpreter_warning(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    text = GOOD_INI + TWO_MOUNTS + "single-interpreter = true\n"
+    app = make_app()
+    path = str(ini(tmp_path, text))
+    data = run_json(app, "--ini", path)
+    assert "multiple-interpreters" not in codes(data)
+    assert data["uwsgi_config"]["single_interpreter"] is True
+    assert "single-interpreter   yes\n" in run(app, "--ini", path).stdout
+
+
+@pytest.mark.parametrize(
+    "apps",
+    [
+        "mount = /a=served_a:app\n",
+        "module = served_a:app\n",
+        "module = served_a:app\nwsgi-file = b.py\n",  # both in the main interpreter
+        "mount = /a=served_a:app\nmount = /static=/srv/static\n",  # not a Python app
+        TWO_MOUNTS + "lazy-apps = true\n",
+        TWO_MOUNTS + "single-interpreter = $(NOT_SET_ANYWHERE)\n",
+    ],
+)
+def test_no_interpreter_warning_without_forked_sub_interpreters(
+    make_app: MakeApp, tmp_path: Path, apps: str
+) -> None:
+    data = run_json(make_app(), "--ini", str(ini(tmp_path, GOOD_INI + apps)))
+    assert "multiple-interpreters" not in codes(data)
+
+
 def test_default_ini_is_used_when_present(make_app: MakeApp, tmp_path: Path) -> None:
     app = make_app()
     assert run_json(app)["uwsgi_config"] is None
@@ -509,6 +571,7 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
         "threads",
         "py_call_osafterfork",
         "max_requests",
+        "single_interpreter",
         "forks",
         "fork_reason",
         "served",

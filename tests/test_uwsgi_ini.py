@@ -405,6 +405,26 @@ def test_served_apps(tmp_path: Path) -> None:
     assert default.served[0].callable == "application"
 
 
+def test_single_interpreter_is_a_boolean_that_defaults_to_not_set(tmp_path: Path) -> None:
+    def single(text: str) -> bool | None:
+        path = write(tmp_path / "a.ini", "[uwsgi]\n" + text)
+        return settings_from_ini(read_ini(path, env={})).single_interpreter
+
+    assert single("master = true\n") is None
+    assert single("single-interpreter = true\n") is True
+    assert single("single-interpreter\n") is True  # a bare flag is on
+    assert single("single-interpreter = 0\n") is False
+    assert single("single-interpreter = true\nsingle-interpreter = off\n") is False
+    assert single("single_interpreter = true\n") is None  # uWSGI ignores it
+    path = write(tmp_path / "b.ini", "[uwsgi]\nsingle_interpreter = 1\n")
+    assert settings_from_ini(read_ini(path)).misspelt == (
+        ("single_interpreter", "single-interpreter"),
+    )
+    path = write(tmp_path / "c.ini", "[uwsgi]\nsingle-interpreter = $(NOT_SET)\n")
+    s = settings_from_ini(read_ini(path, env={}))
+    assert (s.single_interpreter, s.unresolved_options) == (None, ("single-interpreter",))
+
+
 def test_underscored_options_are_flagged_as_ignored_by_uwsgi(tmp_path: Path) -> None:
     s = settings_from_ini(read_ini(write(tmp_path / "a.ini", "[uwsgi]\nlazy_apps = true\n")))
     assert s.lazy_apps is False
