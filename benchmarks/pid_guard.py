@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, event, exc
 
 from flask_uwsgi_dbfix import tracking
 
-ROUNDS, NUMBER = 15, 20_000
+ROUNDS, NUMBER = 200, 2_000
 
 
 def recipe(engine: Engine) -> None:
@@ -44,7 +44,7 @@ def plain(engine: Engine) -> None:
     pass
 
 
-def per_connect_ns(setup: Callable[[Engine], None], path: str) -> list[float]:
+def connect_loop(setup: Callable[[Engine], None], path: str) -> Callable[[], None]:
     engine = create_engine(f"sqlite:///{path}")
     setup(engine)
     engine.connect().close()  # open the pooled connection outside the timing
@@ -52,21 +52,22 @@ def per_connect_ns(setup: Callable[[Engine], None], path: str) -> list[float]:
     def once() -> None:
         engine.connect().close()
 
-    return [t / NUMBER * 1e9 for t in timeit.repeat(once, number=NUMBER, repeat=ROUNDS)]
+    return once
 
 
 def main() -> None:
+    setups = {"plain": plain, "recipe": recipe, "ours": ours}
+    samples: dict[str, list[float]] = {name: [] for name in setups}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.db")
-        samples: dict[str, list[float]] = {"plain": [], "recipe": [], "ours": []}
-        setups = {"plain": plain, "recipe": recipe, "ours": ours}
-        for _ in range(3):  # interleave, so machine noise hits all three alike
-            for name, setup in setups.items():
-                samples[name] += per_connect_ns(setup, path)
-    best = {name: statistics.median(sorted(s)[: len(s) // 3]) for name, s in samples.items()}
+        for _ in range(ROUNDS):  # round-robin, so machine noise hits all three alike,
+            for name, setup in setups.items():  # on fresh engines, so no one layout decides
+                loop = connect_loop(setup, path)
+                samples[name].append(timeit.timeit(loop, number=NUMBER) / NUMBER * 1e9)
+    best = {name: statistics.median(sorted(s)[: len(s) // 4]) for name, s in samples.items()}
     recipe_cost = best["recipe"] - best["plain"]
     ours_cost = best["ours"] - best["plain"]
-    print(f"engine.connect()+close(), median of fastest third, {NUMBER} x {ROUNDS * 3} runs")
+    print(f"engine.connect()+close(), median of the fastest quarter of {ROUNDS} rounds")
     for name in setups:
         print(f"  {name:7s} {best[name]:8.0f} ns")
     print(f"  recipe overhead {recipe_cost:6.0f} ns ({recipe_cost / best['plain']:+.1%})")
