@@ -472,7 +472,6 @@ def test_missing_file_and_directory_raise_ini_error(tmp_path: Path) -> None:
 # -- against the real uWSGI ------------------------------------------------------------
 
 UWSGI = shutil.which("uwsgi") or str(Path(sys.executable).parent / "uwsgi")
-needs_uwsgi = pytest.mark.skipif(not os.path.exists(UWSGI), reason="uwsgi (pyuwsgi) not installed")
 
 
 def uwsgi_get(path: Path, key: str, cwd: Path, env: dict[str, str]) -> str | None:
@@ -489,7 +488,6 @@ def uwsgi_get(path: Path, key: str, cwd: Path, env: dict[str, str]) -> str | Non
     return lines[-1] if lines else None
 
 
-@needs_uwsgi
 def test_same_values_as_uwsgi_itself(tmp_path: Path) -> None:
     write(tmp_path / "inc" / "common.ini", "[uwsgi]\nfrominc = %n-%c\nnum = 40\n")
     write(tmp_path / "value.txt", "from-file\n")
