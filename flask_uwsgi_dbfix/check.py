@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +22,13 @@ from sqlalchemy.pool import QueuePool
 
 from .config import DBFixConfig
 from .registry import DEFAULT_BIND_NAME, app_engines, flask_sqlalchemy_engines
-from .tracking import CodeLocation, is_process_local, masked_url, open_connections
+from .tracking import (
+    CodeLocation,
+    is_process_local,
+    mask_passwords,
+    masked_url,
+    open_connections,
+)
 from .uwsgi_ini import ServedApp, Unresolved, UwsgiIni, UwsgiSettings, read_ini, settings_from_ini
 
 __all__ = [
@@ -43,7 +48,6 @@ DEFAULT_INI = "uwsgi.ini"
 
 Severity = Literal["error", "warning", "info"]
 _SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
-_URL_PASSWORD = re.compile(r"(\b[\w.+-]+://[^:/?#@\s]*:)[^@\s]*@")
 _UNKNOWN_ORIGIN = "an unknown place (not tracked by the extension)"
 
 
@@ -195,11 +199,6 @@ def describe_origin(origin: CodeLocation | None) -> str:
     if origin is None:
         return _UNKNOWN_ORIGIN
     return f"{short_path(origin.filename)}:{origin.lineno} in {origin.function}"
-
-
-def mask_passwords(text: str) -> str:
-    """Hide a password in any URL taken from the ini: it may hold ``env = DB=...``."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 # -- the app's engines -----------------------------------------------------------------

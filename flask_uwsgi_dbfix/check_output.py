@@ -18,11 +18,11 @@ from .check import (
     PreforkConnection,
     describe_origin,
     exit_code,
-    mask_passwords,
     plural,
     short_path,
 )
 from .config import DBFixConfig
+from .tracking import mask_passwords
 from .uwsgi_ini import Unresolved, UwsgiSettings
 
 __all__ = ["SCHEMA_VERSION", "render_human", "report_to_json"]

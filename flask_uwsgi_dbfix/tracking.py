@@ -119,7 +119,7 @@ class _EngineTracker:
         connection: a record whose connection came from another pid gets its connection
         dropped, and SQLAlchemy connects afresh. Unlike a ``checkout`` event, this runs
         before ``pool_pre_ping`` and ``pool_recycle`` could ping or close the parent's
-        socket, and it costs a third as much (benchmarks/pid_guard.py).
+        socket, and it costs about half as much (benchmarks/pid_guard.py).
         """
         if getattr(pool, _GUARDED_ATTR, False):
             return
@@ -229,17 +229,20 @@ def forget_inherited(engine: Engine) -> None:
     engine.dispose(close=False)
 
 
-_SECRET_QUERY_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(\b[\w.+-]+://[^:/?#@\s]*:)[^@\s]*@")
+# Query keys whose values are secrets: libpq's password, sslpassword, and the like.
+_QUERY_SECRET = re.compile(r"([?&][^=&\s]*(?:pass|secret|token)[^=&\s]*=)[^&\s]*", re.I)
+
+
+def mask_passwords(text: str) -> str:
+    """Replace by ``***`` the password of every URL in ``text``, and query values such as
+    ``?password=`` or ``sslpassword=``."""
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 def masked_url(engine: Engine) -> str:
-    """The engine URL safe to print: the password, and query values such as libpq's
-    ``?password=`` or ``sslpassword=``, replaced by ``***``."""
-    url = engine.url
-    secrets = {key: "***" for key in url.query if _SECRET_QUERY_KEY.search(key)}
-    if secrets:
-        url = url.update_query_dict(secrets)
-    return url.render_as_string(hide_password=True)
+    """The engine URL, safe to print."""
+    return mask_passwords(engine.url.render_as_string(hide_password=True))
 
 
 def reset_locks_in_child() -> None:

@@ -529,6 +529,15 @@ def test_password_appears_nowhere(make_app: MakeApp, tmp_path: Path) -> None:
     assert "env = DATABASE_URL=postgresql://app:***@db/app" in tokens
 
 
+def test_password_in_a_query_string_appears_nowhere(make_app: MakeApp, tmp_path: Path) -> None:
+    app = make_app(url=f"postgresql+psycopg2://app@db.invalid/app?password={SECRET}&x=1")
+    text = GOOD_INI + f"env = OTHER=postgresql://db/%(nope)?sslpassword={SECRET}&sslmode=require\n"
+    path = str(ini(tmp_path, text))
+    for result in (run(app, "--ini", path), run(app, "--ini", path, "--json")):
+        assert SECRET not in result.stdout + result.stderr
+        assert "password=***" in result.stdout
+
+
 def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
     data = run_json(make_app(query=True), "--ini", str(ini(tmp_path, GOOD_INI)))
     assert list(data) == [
