@@ -9,6 +9,7 @@ does the work and :mod:`flask_uwsgi_dbfix.check_output` prints it.
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 from flask import Flask, current_app
@@ -76,5 +77,7 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
 
 def _stdout_is_tty() -> bool:
     """Colour only for a terminal: piped or captured output stays plain text."""
-    stream = click.get_text_stream("stdout")
-    return bool(getattr(stream, "isatty", lambda: False)())
+    # sys.stdout, not click.get_text_stream() (deprecated in Click 8.5): under the test
+    # runner it is the captured stream, which is not a terminal.
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty is not None and isatty())

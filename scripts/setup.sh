@@ -1,30 +1,45 @@
 #!/usr/bin/env bash
-# Installs what the tests, demo and benchmarks need on a fresh Debian 12 machine, as root.
-# Idempotent: a second run skips apt and only lets pip confirm the editable install.
+# Installs what the tests, demo and benchmarks need on a fresh Debian 12 machine, as root:
+# PostgreSQL and Redis from Debian, then the locked Python environment in ./.venv (uv.lock).
+# Idempotent: a second run skips apt and lets uv confirm that .venv matches the lock.
+#
+# PYTHON picks the interpreter of .venv (default: python3 on PATH). Nothing else from the
+# machine's Python is used: .venv holds exactly the versions in uv.lock.
 set -euo pipefail
-export PIP_ROOT_USER_ACTION=ignore
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
+UV_VERSION="0.13.9"
 
-if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
-    echo "setup: PostgreSQL server already installed ($(ls -d /usr/lib/postgresql/*/bin | tail -n1))"
-else
-    echo "setup: installing postgresql-15 with apt-get"
+need_apt=()
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql-15)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]} with apt-get"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    # Debian starts the services it installs; the tests start their own servers.
+    for service in postgresql redis-server; do
+        command -v systemctl >/dev/null && systemctl stop "$service" 2>/dev/null || true
+    done
+else
+    echo "setup: PostgreSQL and Redis servers already installed"
 fi
 
-echo "setup: pip install -e '.[test]' with $PYTHON"
-"$PYTHON" -m pip install -q -e '.[test]'
+# uv makes .venv from uv.lock; it runs from its own venv so the machine's Python is untouched.
+UV_HOME="${XDG_CACHE_HOME:-$HOME/.cache}/flask-uwsgi-dbfix/uv-$UV_VERSION"
+if [ ! -x "$UV_HOME/bin/uv" ]; then
+    echo "setup: installing uv $UV_VERSION into $UV_HOME"
+    "$PYTHON" -m venv "$UV_HOME"
+    "$UV_HOME/bin/python" -m pip install -q "uv==$UV_VERSION"
+fi
+export UV_PYTHON_DOWNLOADS=never
+echo "setup: uv sync --locked (.venv with $("$PYTHON" --version))"
+"$UV_HOME/bin/uv" sync -q --locked --all-extras --python "$PYTHON"
 
 # Flask-SQLAlchemy's own test suite (in its sdist) is run with our extension added, to prove
-# the drop-in breaks nothing (tests/test_dropin_flask_sqlalchemy.py).
-FSA_VERSION="$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("flask-sqlalchemy"))')"
-if ! compgen -G ".thirdparty/flask_sqlalchemy-${FSA_VERSION}.tar.gz" >/dev/null; then
-    echo "setup: downloading the Flask-SQLAlchemy ${FSA_VERSION} sdist (its test suite)"
-    "$PYTHON" -m pip download -q --no-deps --no-binary :all: \
-        "flask-sqlalchemy==${FSA_VERSION}" -d .thirdparty
-fi
-
-echo "setup: done"
+# the drop-in breaks nothing (tests/test_dropin_flask_sqlalchemy.py). The version is the
+# locked one; the sdist is checked against the hash in uv.lock.
+.venv/bin/python scripts/fetch_sdist.py flask-sqlalchemy .thirdparty
+echo "setup: done; run tests with .venv/bin/python -m pytest"
