@@ -201,8 +201,9 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
     connections that are merely open before the fork: safe with the extension, but the
     master keeps them on the server for nothing.
 
-    Python 3.12+ warns (``DeprecationWarning``) when a process with threads forks; that
-    warning is silenced for this one fork, so suites run with ``-W error`` keep working. The
+    Python 3.12+ emits a ``DeprecationWarning`` when a process with threads forks. It is
+    silenced for this one fork: CPython drops it when ``-W error`` makes it an error, but it
+    would still show in pytest's warnings summary and in ``recwarn``/``pytest.warns``. The
     child runs only this check; should a lock held by another thread at fork time block it,
     it is killed after :data:`CHILD_TIMEOUT` seconds and :class:`RuntimeError` is raised.
     """
