@@ -16,7 +16,7 @@ import select
 import signal
 import time
 import warnings
-from collections.abc import Iterable
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +136,7 @@ class ForkCheck:
                 lines.append(f"    {problem}")
             if not problems:
                 lines.append(f"    {_describe_pass(check)}")
-            for origin, count in _counted(check.opened_at):
+            for origin, count in Counter(check.opened_at).items():
                 lines.append(f"    opened at {origin}" + (f" ({count}x)" if count > 1 else ""))
             for _, fix in problems:
                 lines.append(f"    fix: {fix}")
@@ -155,13 +155,6 @@ def _describe_pass(check: EngineCheck) -> str:
     return f"{len(check.opened_at)} connection(s) open before the fork; the child got a new one" + (
         f" (its connect failed: {note})" if note else ""
     )
-
-
-def _counted(items: Iterable[str]) -> list[tuple[str, int]]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return list(counts.items())
 
 
 @dataclass
@@ -231,7 +224,7 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
                 url=tracking.masked_url(t.engine),
                 source=t.source,
                 managed=t.managed,
-                opened_at=tuple(_origin(t.engine, r) for r in t.records),
+                opened_at=_origins(t.engine, t.records),
                 checked_out=t.checked_out,
                 child=verdict,
                 manage=t.manage,
@@ -262,7 +255,8 @@ def _record_pool(record: _ConnectionRecord) -> Pool | None:
 
 
 def _targets(app: Flask, live: list[Engine], records: list[_ConnectionRecord]) -> list[_Target]:
-    managed_ids = {id(m.engine) for m in registry.all_engines()}
+    # By pool: an execution_options() copy of an engine is another Engine on the same pool.
+    managed = {id(m.engine.pool): m.name for m in registry.all_engines()}
     by_pool: dict[int, list[_ConnectionRecord]] = {}
     for record in records:
         by_pool.setdefault(id(_record_pool(record)), []).append(record)
@@ -275,28 +269,29 @@ def _targets(app: Flask, live: list[Engine], records: list[_ConnectionRecord]) -
         for key in sorted(binds, key=lambda k: (k is not None, k or ""))
     ]
     named += [(m.name, m.engine, m.source) for m in registry.app_engines(app)]
-    names = {id(m.engine): m.name for m in registry.all_engines()}
-    named += [(names.get(id(e), "unmanaged"), e, "other") for e in live if by_pool.get(id(e.pool))]
+    named += [
+        (managed.get(id(e.pool), "unmanaged"), e, "other") for e in live if by_pool.get(id(e.pool))
+    ]
 
     targets: list[_Target] = []
     seen_pools: set[int] = set()
     for name, engine, source in named:
         if not isinstance(engine, Engine) or tracking.is_process_local(engine):
             continue
-        if id(engine.pool) in seen_pools:  # e.g. execution_options() copies share the pool
+        if id(engine.pool) in seen_pools:
             continue
         seen_pools.add(id(engine.pool))
         pool_records = by_pool.get(id(engine.pool), [])
-        managed = id(engine) in managed_ids
+        is_managed = id(engine.pool) in managed
         targets.append(
             _Target(
                 name,
                 engine,
                 source,
-                managed,
+                is_managed,
                 pool_records,
                 _checked_out(engine.pool, pool_records),
-                "" if managed else _how_to_manage(source, disabled),
+                "" if is_managed else _how_to_manage(source, disabled),
             )
         )
     return targets
@@ -317,18 +312,24 @@ def _how_to_manage(source: str, disabled: bool) -> str:
     return "FlaskDBFix(app) (it covers every bind)"
 
 
-def _origin(engine: Engine, record: _ConnectionRecord) -> str:
-    origin = record.info.get(_ORIGIN_KEY)
-    if origin is None and tracking.is_tracked(engine):
-        # Stamped by the extension when this module was imported after the connection.
-        here = [c.origin for c in tracking.open_connections(engine) if c.origin is not None]
-        origin = here[0] if len(here) == 1 else None
-    if origin is None:
-        return (
-            "an unknown place (opened before flask_uwsgi_dbfix.testing was imported; "
-            "import it at the top of conftest.py to see where)"
-        )
-    return str(origin)
+def _origins(engine: Engine, records: list[_ConnectionRecord]) -> tuple[str, ...]:
+    """Where each record's connection was opened: our stamp, else the extension's own
+    record of the engine's connections, else unknown."""
+    stamped = [record.info.get(_ORIGIN_KEY) for record in records]
+    origins = [str(o) if o is not None else None for o in stamped]
+    if None in origins and tracking.is_tracked(engine):
+        # Opened before this module was imported, on an engine the extension tracks.
+        known = Counter(str(c.origin) for c in tracking.open_connections(engine) if c.origin)
+        known.subtract(o for o in origins if o is not None)
+        spare = iter(sorted(known.elements()))
+        origins = [o if o is not None else next(spare, None) for o in origins]
+    return tuple(o if o is not None else _UNKNOWN_ORIGIN for o in origins)
+
+
+_UNKNOWN_ORIGIN = (
+    "an unknown place (opened before flask_uwsgi_dbfix.testing was imported; "
+    "import it at the top of conftest.py to see where)"
+)
 
 
 def _fork_and_ask(targets: list[_Target], parent_connections: list[Any]) -> list[str]:

@@ -6,6 +6,7 @@ is the same app without the protection, so each passing case is shown able to fa
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -18,6 +19,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool.base import _ConnectionRecord
 
 from flask_uwsgi_dbfix import FlaskDBFix, registry
 from flask_uwsgi_dbfix.testing import assert_fork_safe
@@ -296,3 +298,29 @@ def test_without_os_fork_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(os, "fork")
     with pytest.raises(RuntimeError, match=r"needs os\.fork\(\), which this platform does not"):
         assert_fork_safe(Flask(__name__))
+
+
+@pytest.mark.parametrize("fix", [True, False], ids=["fix", "no-fix"])
+def test_a_connection_opened_before_the_helper_was_imported(tmp_path: Path, fix: bool) -> None:
+    """Simulated by erasing the helper's stamp: the extension's own record names the line
+    of a managed engine; for an unmanaged one the message says how to get it named."""
+    url = f"sqlite:///{tmp_path / 'early.db'}"
+    app, line = make_app(url, fix=fix)
+    engine = engine_of(app)
+    try:
+        for record in gc.get_objects():
+            if isinstance(record, _ConnectionRecord) and record.dbapi_connection is not None:
+                record.info.pop("flask_uwsgi_dbfix.testing.origin", None)
+
+        if fix:
+            [check] = assert_fork_safe(app).engines[:1]
+            assert check.opened_at == (f"{HERE}:{line} in make_app",)
+        else:
+            with pytest.raises(AssertionError) as failed:
+                assert_fork_safe(app)
+            assert (
+                "    opened at an unknown place (opened before flask_uwsgi_dbfix.testing was"
+                " imported; import it at the top of conftest.py to see where)\n"
+            ) in str(failed.value)
+    finally:
+        engine.dispose()
