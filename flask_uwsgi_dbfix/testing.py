@@ -343,21 +343,29 @@ def _fork_and_ask(targets: list[_Target], parent_connections: list[Any]) -> list
         try:
             gc.disable()  # no finalizer of an inherited object may run here
             os.close(read_fd)
-            answer = [_ask_pool(t, parent_connections) for t in targets]
-            os.write(write_fd, json.dumps(answer).encode())
+            try:
+                answer: Any = [_ask_pool(t, parent_connections) for t in targets]
+            except BaseException as exc:
+                answer = {"error": tracking.mask_passwords(f"{type(exc).__name__}: {exc}")}
+            data = memoryview(json.dumps(answer).encode())
+            while data:
+                data = data[os.write(write_fd, data) :]
             status = 0
         finally:
             os._exit(status)
     os.close(write_fd)
     try:
-        data = _read_all(read_fd, pid)
+        raw = _read_all(read_fd, pid)
     finally:
         os.close(read_fd)
     _, wait_status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(wait_status)
-    if code != 0 or not data:
-        raise RuntimeError(f"assert_fork_safe: the forked child failed (exit status {code})")
-    verdicts: list[str] = json.loads(data)
+    reply = json.loads(raw) if code == 0 and raw else {"error": f"exit status {code}"}
+    if isinstance(reply, dict):
+        raise RuntimeError(
+            f"assert_fork_safe: the check failed in the forked child: {reply['error']}"
+        )
+    verdicts: list[str] = reply
     return verdicts
 
 
@@ -370,7 +378,7 @@ def _read_all(fd: int, pid: int) -> bytes:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise RuntimeError(
-                f"assert_fork_safe: the forked child did not answer within {CHILD_TIMEOUT:.0f} s "
+                f"assert_fork_safe: the forked child did not answer within {CHILD_TIMEOUT:g} s "
                 "(a lock held by another thread when the process forked?)"
             )
         ready, _, _ = select.select([fd], [], [], left)

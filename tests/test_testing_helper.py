@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool.base import _ConnectionRecord
 
-from flask_uwsgi_dbfix import FlaskDBFix, registry
+from flask_uwsgi_dbfix import FlaskDBFix, registry, testing
 from flask_uwsgi_dbfix.testing import assert_fork_safe
 from harness.postgres import PostgresServer
 
@@ -324,3 +324,40 @@ def test_a_connection_opened_before_the_helper_was_imported(tmp_path: Path, fix:
             ) in str(failed.value)
     finally:
         engine.dispose()
+
+
+def test_a_failure_inside_the_child_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, _ = make_app(f"sqlite:///{tmp_path / 'app.db'}", fix=True)
+
+    def broken(*args: object) -> str:
+        raise ValueError("no pool here")
+
+    monkeypatch.setattr(testing, "_ask_pool", broken)  # the forked child inherits the patch
+    try:
+        with pytest.raises(
+            RuntimeError,
+            match="the check failed in the forked child: ValueError: no pool here",
+        ):
+            assert_fork_safe(app)
+    finally:
+        engine_of(app).dispose()
+
+
+def test_a_child_that_hangs_is_killed_after_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, _ = make_app(f"sqlite:///{tmp_path / 'app.db'}", fix=True)
+
+    def stuck(*args: object) -> str:
+        threading.Event().wait(60)  # like a lock another thread held at the fork
+        return "new"
+
+    monkeypatch.setattr(testing, "_ask_pool", stuck)
+    monkeypatch.setattr(testing, "CHILD_TIMEOUT", 0.5)
+    try:
+        with pytest.raises(RuntimeError, match=r"did not answer within 0\.5 s \(a lock held"):
+            assert_fork_safe(app)
+    finally:
+        engine_of(app).dispose()
