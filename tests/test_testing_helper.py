@@ -236,8 +236,10 @@ def test_sqlite_file_app(tmp_path: Path, fix: bool) -> None:
 
 def test_in_memory_sqlite_is_skipped_like_the_extension_does() -> None:
     app, _ = make_app("sqlite://", fix=False)  # a fork copies it safely
-
-    check = assert_fork_safe(app)
+    try:
+        check = assert_fork_safe(app)
+    finally:
+        engine_of(app).dispose()
 
     assert not any(e.url == "sqlite://" for e in check.engines)
     assert check.failures == ()
