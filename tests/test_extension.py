@@ -10,14 +10,19 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import QueuePool
 
 from flask_uwsgi_dbfix import DBFixConfig, FlaskDBFix, postfork, register, registry, tracking
 from flask_uwsgi_dbfix.extension import DBFixState
+from tests.fsa_compat import fsa_engines
 
 
 def make_app(tmp_path: Path, **config: object) -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'main.db'}"
+    # SQLAlchemy 1.4 gives SQLite files a NullPool (2.x a QueuePool): these tests look at
+    # the connections a pool keeps.
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"poolclass": QueuePool}
     app.config.update(config)
     return app
 
@@ -78,7 +83,7 @@ def test_every_bind_is_found_whatever_the_init_order(tmp_path: Path, dbfix_first
         init(app)
     with app.app_context():
         db.session.execute(text("SELECT 1"))  # opened after init: tracked either way
-        engines = dict(db.engines)
+    engines = fsa_engines(db, app)
     assert names(app) == ["default", "reports"]
     opened = tracking.open_connections(engines[None])
     assert len(opened) == 1
@@ -107,6 +112,7 @@ def test_several_apps_share_one_extension_without_mixing_engines(tmp_path: Path)
         db.init_app(app)
         dbfix.init_app(app)
         apps.append(app)
+        fsa_engines(db, app)  # Flask-SQLAlchemy 2.x creates engines on first use
     urls = [
         [str(m.engine.url) for m in registry.app_engines(a) if m.source != "register"] for a in apps
     ]
