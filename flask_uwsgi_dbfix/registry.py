@@ -57,7 +57,7 @@ def flask_sqlalchemy_engines(app: Flask) -> Mapping[str | None, Engine]:
     if isinstance(by_app, Mapping):
         # Flask-SQLAlchemy 3.x keeps them here; reading it needs no app context.
         return dict(by_app.get(app, {}))
-    if hasattr(db, "connectors"):  # Flask-SQLAlchemy 2.x
+    if _compat.is_legacy_flask_sqlalchemy(db):  # Flask-SQLAlchemy 2.x
         return _compat.legacy_flask_sqlalchemy_engines(db)
     with app.app_context():
         return dict(db.engines)

@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
 from flask_uwsgi_dbfix import DBFixConfig, FlaskDBFix, postfork, register, registry, tracking
@@ -66,6 +67,19 @@ def test_bad_config_fails_at_init_app_with_a_clear_message(
     with pytest.raises(ValueError, match=message):
         FlaskDBFix().init_app(app)
     assert "dbfix" not in app.extensions
+
+
+def test_sqlalchemy_without_dispose_close_fails_at_init_app_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy < 1.4.33: Engine.dispose() has no ``close`` parameter."""
+    monkeypatch.setattr(Engine, "dispose", lambda self: None)
+    app = make_app(tmp_path)
+    with pytest.raises(RuntimeError, match=r"needs SQLAlchemy >= 1\.4\.33 .*Upgrade SQLAlchemy"):
+        FlaskDBFix(app)
+    assert "dbfix" not in app.extensions
+    with pytest.raises(RuntimeError, match=r"needs SQLAlchemy >= 1\.4\.33"):
+        register(create_engine(f"sqlite:///{tmp_path / 'plain.db'}"))
 
 
 def test_init_app_twice_on_one_app_is_an_error(tmp_path: Path) -> None:
