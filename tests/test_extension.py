@@ -117,6 +117,20 @@ def test_connection_opened_between_the_two_init_apps_has_its_origin(tmp_path: Pa
     assert (opened.origin.filename, opened.origin.lineno) == (__file__, line)  # type: ignore[union-attr]
 
 
+def test_engine_picked_up_at_its_first_connection_is_not_reported_as_in_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tracked from ``first_connect``, the pool already counts the connection being opened:
+    that one is not "checked out before it was registered"."""
+    app = make_app(tmp_path)
+    FlaskDBFix(app)
+    db = SQLAlchemy(app)
+    with caplog.at_level("WARNING", logger="flask_uwsgi_dbfix"), app.app_context():
+        db.session.execute(text("SELECT 1"))
+    assert [r.getMessage() for r in caplog.records if r.name == "flask_uwsgi_dbfix"] == []
+    assert len(tracking.open_connections(fsa_engines(db, app)[None])) == 1
+
+
 def test_several_apps_share_one_extension_without_mixing_engines(tmp_path: Path) -> None:
     dbfix, db = FlaskDBFix(), SQLAlchemy()
     apps = []
