@@ -20,6 +20,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
+from . import _compat
 from .config import DBFixConfig
 from .registry import DEFAULT_BIND_NAME, app_engines, flask_sqlalchemy_engines
 from .tracking import (
@@ -215,6 +216,7 @@ def _inspect_engines(
 ) -> tuple[tuple[EngineReport, ...], tuple[PreforkConnection, ...]]:
     engines: list[EngineReport] = []
     prefork: list[PreforkConnection] = []
+    _compat.create_flask_sqlalchemy_engines(app)
     managed = app_engines(app)
     for m in managed:
         opened = open_connections(m.engine)

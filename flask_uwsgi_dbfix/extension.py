@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from flask import Flask
 from sqlalchemy.engine import Engine
 
-from . import postfork, registry
+from . import _compat, postfork, registry
 from .cli import dbfix_cli
 from .config import PREFIX, DBFixConfig, read_config
 
@@ -33,6 +33,7 @@ def register(
     For engines that Flask-SQLAlchemy does not own. ``name`` is how the warning and
     ``flask dbfix check`` refer to it.
     """
+    _compat.require_dispose_close()
     registry.register(engine, name=name, pid_guard=pid_guard, prefork_warning=prefork_warning)
     postfork.install()
     return engine
@@ -52,6 +53,7 @@ class FlaskDBFix:
 
     def init_app(self, app: Flask) -> None:
         """Read ``DBFIX_*`` config, manage the app's engines, install the fork hooks."""
+        _compat.require_dispose_close()
         if EXTENSION_NAME in app.extensions:
             raise RuntimeError(
                 "FlaskDBFix is already initialized on this app; call init_app() once per app."

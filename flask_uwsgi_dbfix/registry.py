@@ -15,9 +15,10 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import ConnectionPoolEntry, Pool
+from sqlalchemy.pool import Pool
 
-from . import tracking
+from . import _compat, tracking
+from ._compat import ConnectionPoolEntry
 from .config import DBFixConfig
 
 DEFAULT_BIND_NAME = "default"
@@ -56,6 +57,8 @@ def flask_sqlalchemy_engines(app: Flask) -> Mapping[str | None, Engine]:
     if isinstance(by_app, Mapping):
         # Flask-SQLAlchemy 3.x keeps them here; reading it needs no app context.
         return dict(by_app.get(app, {}))
+    if _compat.is_legacy_flask_sqlalchemy(db):  # Flask-SQLAlchemy 2.x
+        return _compat.legacy_flask_sqlalchemy_engines(db)
     with app.app_context():
         return dict(db.engines)
 
@@ -87,14 +90,16 @@ def register(
     return engine
 
 
-def _app_engines(app: Flask, config: DBFixConfig) -> list[ManagedEngine]:
+def _app_engines(app: Flask, config: DBFixConfig, warn_held: bool = True) -> list[ManagedEngine]:
     managed = []
     engines = flask_sqlalchemy_engines(app)
     # The default bind first, then the others by name: a stable order for humans.
     for key in sorted(engines, key=lambda k: (k is not None, k or "")):
         engine = engines[key]
         # A test suite may have mocked engine creation: leave what is not an Engine alone.
-        if isinstance(engine, Engine) and tracking.track(engine, pid_guard=config.pid_guard):
+        if isinstance(engine, Engine) and tracking.track(
+            engine, pid_guard=config.pid_guard, warn_held=warn_held
+        ):
             name = DEFAULT_BIND_NAME if key is None else key
             managed.append(ManagedEngine(name, engine, "flask-sqlalchemy", config.prefork_warning))
     return managed
@@ -152,7 +157,7 @@ def _on_first_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> Non
         apps = list(_apps.items())
     for app, config in apps:
         if _has_untracked(app):
-            _app_engines(app, config)
+            _app_engines(app, config, warn_held=False)
 
 
 def reset_locks_in_child() -> None:

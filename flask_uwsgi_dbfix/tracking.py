@@ -22,7 +22,9 @@ import flask
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import ConnectionPoolEntry, Pool
+from sqlalchemy.pool import Pool
+
+from ._compat import ConnectionPoolEntry
 
 _PID_KEY = "flask_uwsgi_dbfix.pid"
 _ORIGIN_KEY = "flask_uwsgi_dbfix.origin"
@@ -158,8 +160,10 @@ def is_process_local(engine: Engine) -> bool:
     return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
-def track(engine: Engine, *, pid_guard: bool = True) -> bool:
-    """Start tracking ``engine`` (idempotent). Returns False for engines we leave alone."""
+def track(engine: Engine, *, pid_guard: bool = True, warn_held: bool = True) -> bool:
+    """Start tracking ``engine`` (idempotent). Returns False for engines we leave alone.
+    ``warn_held=False`` from a pool's ``first_connect``: the one connection its pool counts
+    as checked out is the one being opened, which the ``connect`` listener will record."""
     if is_process_local(engine):
         return False
     with _trackers_lock:
@@ -173,7 +177,7 @@ def track(engine: Engine, *, pid_guard: bool = True) -> bool:
     if pid_guard:
         tracker.guard(engine.pool)
     held = getattr(engine.pool, "checkedout", lambda: 0)()
-    if held:
+    if held and warn_held:
         logging.getLogger("flask_uwsgi_dbfix").warning(
             "flask-uwsgi-dbfix: engine %s already has %d connection(s) checked out; they "
             "were opened before it was registered and are not protected across a fork. "

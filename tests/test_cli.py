@@ -21,6 +21,7 @@ from sqlalchemy import event
 from flask_uwsgi_dbfix import cli
 from flask_uwsgi_dbfix.check import build_report, exit_code
 from flask_uwsgi_dbfix.check_output import render_human, report_to_json
+from flask_uwsgi_dbfix.registry import flask_sqlalchemy_engines
 from tests.cli_apps import factory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -629,8 +630,7 @@ def run_plain(app: Flask) -> str:
 
 def test_the_command_opens_no_connection(make_app: MakeApp, tmp_path: Path) -> None:
     app = make_app(query=True)
-    with app.app_context():
-        engine = app.extensions["sqlalchemy"].engine
+    engine = flask_sqlalchemy_engines(app)[None]
     connects: list[object] = []
     event.listen(engine, "connect", lambda *a: connects.append(a))
     checkouts: list[object] = []

@@ -10,14 +10,20 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
 
 from flask_uwsgi_dbfix import DBFixConfig, FlaskDBFix, postfork, register, registry, tracking
 from flask_uwsgi_dbfix.extension import DBFixState
+from tests.fsa_compat import fsa_engines
 
 
 def make_app(tmp_path: Path, **config: object) -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'main.db'}"
+    # SQLAlchemy 1.4 gives SQLite files a NullPool (2.x a QueuePool): these tests look at
+    # the connections a pool keeps.
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"poolclass": QueuePool}
     app.config.update(config)
     return app
 
@@ -63,6 +69,19 @@ def test_bad_config_fails_at_init_app_with_a_clear_message(
     assert "dbfix" not in app.extensions
 
 
+def test_sqlalchemy_without_dispose_close_fails_at_init_app_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy < 1.4.33: Engine.dispose() has no ``close`` parameter."""
+    monkeypatch.setattr(Engine, "dispose", lambda self: None)
+    app = make_app(tmp_path)
+    with pytest.raises(RuntimeError, match=r"needs SQLAlchemy >= 1\.4\.33 .*Upgrade SQLAlchemy"):
+        FlaskDBFix(app)
+    assert "dbfix" not in app.extensions
+    with pytest.raises(RuntimeError, match=r"needs SQLAlchemy >= 1\.4\.33"):
+        register(create_engine(f"sqlite:///{tmp_path / 'plain.db'}"))
+
+
 def test_init_app_twice_on_one_app_is_an_error(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     dbfix = FlaskDBFix(app)
@@ -78,7 +97,7 @@ def test_every_bind_is_found_whatever_the_init_order(tmp_path: Path, dbfix_first
         init(app)
     with app.app_context():
         db.session.execute(text("SELECT 1"))  # opened after init: tracked either way
-        engines = dict(db.engines)
+    engines = fsa_engines(db, app)
     assert names(app) == ["default", "reports"]
     opened = tracking.open_connections(engines[None])
     assert len(opened) == 1
@@ -98,6 +117,20 @@ def test_connection_opened_between_the_two_init_apps_has_its_origin(tmp_path: Pa
     assert (opened.origin.filename, opened.origin.lineno) == (__file__, line)  # type: ignore[union-attr]
 
 
+def test_engine_picked_up_at_its_first_connection_is_not_reported_as_in_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tracked from ``first_connect``, the pool already counts the connection being opened:
+    that one is not "checked out before it was registered"."""
+    app = make_app(tmp_path)
+    FlaskDBFix(app)
+    db = SQLAlchemy(app)
+    with caplog.at_level("WARNING", logger="flask_uwsgi_dbfix"), app.app_context():
+        db.session.execute(text("SELECT 1"))
+    assert [r.getMessage() for r in caplog.records if r.name == "flask_uwsgi_dbfix"] == []
+    assert len(tracking.open_connections(fsa_engines(db, app)[None])) == 1
+
+
 def test_several_apps_share_one_extension_without_mixing_engines(tmp_path: Path) -> None:
     dbfix, db = FlaskDBFix(), SQLAlchemy()
     apps = []
@@ -107,6 +140,7 @@ def test_several_apps_share_one_extension_without_mixing_engines(tmp_path: Path)
         db.init_app(app)
         dbfix.init_app(app)
         apps.append(app)
+        fsa_engines(db, app)  # Flask-SQLAlchemy 2.x creates engines on first use
     urls = [
         [str(m.engine.url) for m in registry.app_engines(a) if m.source != "register"] for a in apps
     ]

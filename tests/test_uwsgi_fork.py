@@ -7,6 +7,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+import sqlalchemy
+
 from harness.load import LoadResult, run_load
 from harness.postgres import PostgresServer
 from harness.uwsgi import UwsgiServer
@@ -176,6 +179,23 @@ def test_an_apps_own_raw_post_fork_hook_still_runs_in_every_worker(serve: StartU
     assert server.log().count("app's own post_fork_hook ran") == 4
 
 
+def test_with_fix_a_workers_first_query_through_the_session_works(serve: StartUwsgi) -> None:
+    """The recreated pool's first connection is made inside ``Session`` (autobegin): engine
+    discovery running there must not end the app context, whose teardown closes that very
+    Session (SQLAlchemy 1.4: ``'NoneType' object has no attribute 'twophase'``)."""
+    server = serve(fix=True)
+    result = run_load(server.base_url, "/session", total=400, concurrency=16, deadline=90)
+    assert result.failed == 0, result.failures
+    assert len(result.ok) == result.requests
+    for body in result.ok:
+        assert body["session"]["backend"] != body["import"]["default"]
+        assert body["session"]["ssl"] is True
+
+
+@pytest.mark.skipif(
+    sqlalchemy.__version__.startswith("1."),
+    reason="SQLAlchemy 1.4 has no psycopg 3 dialect (postgresql+psycopg is new in 2.0)",
+)
 def test_psycopg3_has_the_same_bug_and_the_same_cure(
     serve: StartUwsgi, pg: PostgresServer
 ) -> None:

@@ -17,9 +17,11 @@ from typing import Any
 import uwsgi
 from flask import Flask, jsonify
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 
 from flask_uwsgi_dbfix import FlaskDBFix, register
+from tests.fsa_compat import fsa_engines
 
 PROBE = text(
     "SELECT pg_backend_pid(), inet_server_port(),"
@@ -46,7 +48,7 @@ if FIX:
 
 
 def engines() -> dict[str, Engine]:
-    found = {"default" if key is None else key: e for key, e in db.engines.items()}
+    found = {"default" if key is None else key: e for key, e in fsa_engines(db, app).items()}
     if plain is not None:
         found["plain"] = plain
     return found
@@ -102,6 +104,13 @@ def query() -> Any:
         now[name] = probe(engine)
         FIRST.setdefault(name, now[name])
     return jsonify(identity() | {"now": now})
+
+
+@app.get("/session")
+def session_query() -> Any:
+    """A query through Flask-SQLAlchemy's scoped Session, removed at app-context teardown."""
+    backend, port, ssl = db.session.execute(PROBE).one()
+    return jsonify(identity() | {"session": {"backend": backend, "port": port, "ssl": ssl}})
 
 
 @app.errorhandler(Exception)

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import text
+from sqlalchemy.pool import QueuePool
 
 from flask_uwsgi_dbfix import FlaskDBFix
 from flask_uwsgi_dbfix.cli import dbfix_cli
@@ -29,7 +30,10 @@ def create_app(
     ``hold``: keep a Connection checked out; ``enabled``: DBFIX_ENABLED."""
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options or {}
+    options = dict(engine_options or {})
+    if database_url.startswith("sqlite:///"):  # a file: SQLAlchemy 1.4 would not pool it
+        options.setdefault("poolclass", QueuePool)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     app.config["DBFIX_ENABLED"] = enabled
     db = SQLAlchemy(app)
     if extension:

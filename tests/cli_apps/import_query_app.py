@@ -17,6 +17,7 @@ from flask_uwsgi_dbfix import FlaskDBFix
 
 app = Flask(__name__)
 app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False  # Flask-SQLAlchemy 2.x warns if unset
 app.config["DBFIX_ENABLED"] = os.environ.get("DBFIX_ENABLED", "true")  # the off switch
 db = SQLAlchemy(app)
 FlaskDBFix(app)
