@@ -1,0 +1,55 @@
+"""Which PostgreSQL backends belong to a given client process, from pg_stat_activity.
+
+pg_stat_activity knows a client's address and port, not its pid; /proc knows which
+sockets a process holds. Together they give the backends a process (e.g. the uWSGI
+master) keeps open, which is what issue 7 counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from harness.postgres import PostgresServer
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    found.add(target[8:-1])
+    return found
+
+
+def local_tcp_ports(pid: int) -> set[int]:
+    """Local ports of the TCP sockets process ``pid`` has open."""
+    inodes = _socket_inodes(pid)
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def backends_of(pg: PostgresServer, pid: int) -> list[int]:
+    """Backend pids of the client connections process ``pid`` holds open."""
+    ports = local_tcp_ports(pid)
+    with contextlib.closing(pg.admin_connect()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT pid, client_port FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND client_port IS NOT NULL"
+        )
+        return sorted(int(b) for b, port in cur.fetchall() if port in ports)
+
+
+def backend_alive(pg: PostgresServer, backend: int) -> bool:
+    with contextlib.closing(pg.admin_connect()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,))
+        return bool(cur.fetchone()[0])
