@@ -451,11 +451,16 @@ def _master_closes(report: CheckReport, engine: str, checked_out: bool) -> bool:
 def _prefork_findings(report: CheckReport) -> list[Finding]:
     forks = _forks(report)
     groups = Counter(
-        (c.engine, describe_origin(c.origin), _master_closes(report, c.engine, c.checked_out))
+        (
+            c.engine,
+            describe_origin(c.origin),
+            _master_closes(report, c.engine, c.checked_out),
+            c.checked_out,
+        )
         for c in report.prefork
     )
     found = []
-    for (engine, where, closes), count in groups.items():
+    for (engine, where, closes, held), count in groups.items():
         opened = (
             f"Engine '{engine}' has {plural(count, 'connection')} open before the "
             f"fork, opened at {where}. "
@@ -479,7 +484,7 @@ def _prefork_findings(report: CheckReport) -> list[Finding]:
             "request handler or a CLI command), or call engine.dispose() once that "
             "start-up work is done."
         )
-        if severity != "info" and _fork_hooks_would_help(report):
+        if severity != "info" and not held and _fork_hooks_would_help(report):
             fix += " " + _FORK_HOOKS_FIX
         found.append(
             Finding(

@@ -74,11 +74,11 @@ def create_app() -> Flask:
     return app
 
 
-if plain is not None:
-    with plain.connect() as conn:
-        conn.execute(text("SELECT 1"))  # MARK: plain used at import
 if Session is not None and os.environ.get("HELD_SESSION") == "1":
     Session.execute(text("SELECT 1"))  # MARK: held session
+if plain is not None:  # (a second connection when the session holds the first)
+    with plain.connect() as conn:  # MARK: plain used at import
+        conn.execute(text("SELECT 1"))
 app = create_app()
 if FIX and plain is not None:
     register(plain, name="plain", close_before_fork=CLOSE_BEFORE_FORK)
