@@ -639,9 +639,15 @@ def _master_findings(uwsgi: UwsgiReport) -> list[Finding]:
     return found
 
 
+def osafterfork_kills_workers() -> bool:
+    """Python 3.13: uWSGI 2.0.30's py-call-osafterfork aborts every worker at start
+    (measured on 3.13.0; a hello-world app does the same)."""
+    return sys.version_info >= (3, 13)
+
+
 def _osafterfork_finding(uwsgi: UwsgiReport) -> Finding:
     where = _ini_location(uwsgi.ini, "py-call-osafterfork")
-    if sys.version_info >= (3, 13):
+    if osafterfork_kills_workers():
         return Finding(
             "py-call-osafterfork",
             "error",

@@ -19,6 +19,7 @@ from flask import Flask
 from sqlalchemy import event
 
 from flask_uwsgi_dbfix import cli
+from flask_uwsgi_dbfix import check
 from flask_uwsgi_dbfix.check import build_report, exit_code
 from flask_uwsgi_dbfix.check_output import render_human, report_to_json
 from tests.cli_apps import factory
@@ -245,7 +246,10 @@ def test_no_master_with_several_workers_is_a_warning_and_strict_fails(
     assert run_json(app, "--ini", path, "--strict")["verdict"]["strict"] is True
 
 
-def test_info_findings_for_ini_options(make_app: MakeApp, tmp_path: Path) -> None:
+def test_info_findings_for_ini_options(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(check, "osafterfork_kills_workers", lambda: False)  # below 3.13
     text = GOOD_INI + "py-call-osafterfork = true\nmax-requests = 1000\nenable-threads = false\n"
     data = run_json(make_app(), "--ini", str(ini(tmp_path, text)))
     found = codes(data)
@@ -256,6 +260,39 @@ def test_info_findings_for_ini_options(make_app: MakeApp, tmp_path: Path) -> Non
     located = {f["code"]: f["location"] for f in data["findings"]}
     assert located["max-requests"] == "uwsgi.ini:5"
     assert data["verdict"]["exit_code"] == 0
+
+
+@pytest.mark.parametrize("python_313", [False, True])
+def test_py_call_osafterfork_on_python_313_is_an_error_recommending_fork_hooks(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python_313: bool
+) -> None:
+    monkeypatch.setattr(check, "osafterfork_kills_workers", lambda: python_313)
+    path = ini(tmp_path, GOOD_INI + "py-call-osafterfork = true\n")
+    data = run_json(make_app(), "--ini", str(path))
+    (finding,) = [f for f in data["findings"] if f["code"] == "py-call-osafterfork"]
+    assert finding["severity"] == ("error" if python_313 else "info")
+    assert data["verdict"]["exit_code"] == (1 if python_313 else 0)
+    if python_313:
+        assert "py-call-uwsgi-fork-hooks = true" in finding["fix"]
+
+
+def test_fork_hooks_let_the_master_close_idle_connections_itself(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    path = ini(tmp_path, GOOD_INI + "py-call-uwsgi-fork-hooks = true\n")
+    data = run_json(make_app(query=True), "--ini", str(path), "--strict")
+    assert data["uwsgi_config"]["py_call_uwsgi_fork_hooks"] is True
+    assert codes(data)["py-call-uwsgi-fork-hooks"] == "info"
+    assert codes(data)["prefork-connection"] == "info"  # the master closes it itself
+    assert data["verdict"]["exit_code"] == 0
+    # Without the option the warning says that this option would let the master do it.
+    plain = run_json(make_app(query=True), "--ini", str(ini(tmp_path, GOOD_INI)))
+    (finding,) = [f for f in plain["findings"] if f["code"] == "prefork-connection"]
+    assert finding["severity"] == "warning"
+    assert "py-call-uwsgi-fork-hooks = true" in finding["fix"]
+    # The switch off: nothing is closed, the warning stays.
+    off = make_app(query=True, close_before_fork=False)
+    assert codes(run_json(off, "--ini", str(path)))["prefork-connection"] == "warning"
 
 
 def test_more_threads_than_pooled_connections_is_a_warning(

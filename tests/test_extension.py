@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from flask_uwsgi_dbfix import DBFixConfig, FlaskDBFix, postfork, register, registry, tracking
 from flask_uwsgi_dbfix.extension import DBFixState
+from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
 
 def make_app(tmp_path: Path, **config: object) -> Flask:

@@ -6,6 +6,7 @@ error and recovers, and a forking parent warns once."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import sys
@@ -274,3 +275,38 @@ def test_a_forking_parent_warns_once_for_four_children(
     if held is not None:
         assert f"{__file__}:{line_of('parent holds')} in" in str(ours[0].message)
         held.close()
+
+
+@pytest.mark.parametrize("kind", ["psycopg", "sqlite file"])
+def test_connections_a_child_drops_on_purpose_never_warn(
+    fresh_db: Callable[[], str], tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg 3 (any Python) and sqlite3 (Python 3.13+) warn ResourceWarning when an
+    unclosed connection is garbage collected; a child forgetting the parent's must not."""
+    if kind == "psycopg":
+        url = fresh_db().replace("postgresql+psycopg2://", "postgresql+psycopg://")
+    else:
+        url = f"sqlite:///{tmp_path / 'file.db'}"
+    engine = create_engine(url)
+    try:
+        register(engine, name="dropped", close_before_fork=False)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+        caught: list[str] = []
+
+        def child_work() -> dict[str, Any]:
+            with engine.connect() as conn:  # the forgetting ran already, in the fork hook
+                conn.exec_driver_sql("SELECT 1")
+            gc.collect()
+            found = caught + [str(w.message) for w in recorded if w.category is ResourceWarning]
+            return {"warnings": found}
+
+        # Set up in the parent, so that the child records from the very fork on.
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.simplefilter("always")
+            monkeypatch.setattr(sys, "unraisablehook", lambda u: caught.append(repr(u)))
+            child = in_child(child_work)
+        assert child == {"warnings": []}
+    finally:
+        engine.dispose()

@@ -24,6 +24,7 @@ def create_app(
     enabled: bool = True,
     extension: bool = True,
     engine_options: dict[str, Any] | None = None,
+    close_before_fork: bool = True,
 ) -> Flask:
     """``query``: run a query while creating the app (idle connection left in the pool);
     ``hold``: keep a Connection checked out; ``enabled``: DBFIX_ENABLED."""
@@ -31,6 +32,7 @@ def create_app(
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options or {}
     app.config["DBFIX_ENABLED"] = enabled
+    app.config["DBFIX_CLOSE_BEFORE_FORK"] = close_before_fork
     db = SQLAlchemy(app)
     if extension:
         FlaskDBFix(app)
