@@ -18,8 +18,7 @@ from click.testing import Result
 from flask import Flask
 from sqlalchemy import event
 
-from flask_uwsgi_dbfix import cli
-from flask_uwsgi_dbfix import check
+from flask_uwsgi_dbfix import check, cli
 from flask_uwsgi_dbfix.check import build_report, exit_code
 from flask_uwsgi_dbfix.check_output import render_human, report_to_json
 from tests.cli_apps import factory
