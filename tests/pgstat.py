@@ -8,34 +8,9 @@ master) keeps open, which is what issue 7 counts.
 from __future__ import annotations
 
 import contextlib
-import os
-from pathlib import Path
 
+from example_app.demo import local_tcp_ports
 from harness.postgres import PostgresServer
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    found = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    found.add(target[8:-1])
-    return found
-
-
-def local_tcp_ports(pid: int) -> set[int]:
-    """Local ports of the TCP sockets process ``pid`` has open."""
-    inodes = _socket_inodes(pid)
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if len(fields) > 9 and fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def backends_of(pg: PostgresServer, pid: int) -> list[int]:
