@@ -120,6 +120,8 @@ def before_fork() -> None:
     _reported_by_parent = False
     try:
         pid = os.getpid()
+        if _in_uwsgi_worker():
+            return  # lazy-apps: a worker loaded the app and forks its own children
         mine = [m for m in registry.all_engines() if m.owner_pid == pid]
         if not mine:
             return
@@ -139,6 +141,17 @@ def before_fork() -> None:
                 logger.warning("%s", exc)
     except Exception:
         logger.debug("flask-uwsgi-dbfix: before-fork hook failed", exc_info=True)
+
+
+def _in_uwsgi_worker() -> bool:
+    if _startup_token is None:
+        return False
+    try:
+        import uwsgi
+
+        return bool(uwsgi.worker_id())
+    except Exception:
+        return False
 
 
 def install() -> None:

@@ -149,6 +149,16 @@ def _stamp(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
 event.listen(Pool, "connect", _stamp)
 
 
+def _new_stamp_lock() -> None:
+    """A fork while another thread held the lock would leave it locked in the child; the
+    child runs one thread here, so a fresh lock is safe."""
+    global _stamped_lock
+    _stamped_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_stamp_lock)
+
+
 def _record_pool(record: Any) -> Any:
     """The pool a record belongs to (SQLAlchemy keeps it private, as ``__pool``)."""
     return getattr(record, "_ConnectionRecord__pool", None)
@@ -364,8 +374,8 @@ def masked_url(engine: Engine) -> str:
 
 def reset_locks_in_child() -> None:
     """See :func:`flask_uwsgi_dbfix.registry.reset_locks_in_child`."""
-    global _trackers_lock, _stamped_lock
+    global _trackers_lock
     _trackers_lock = threading.Lock()
-    _stamped_lock = threading.Lock()
+    _new_stamp_lock()
     for tracker in list(_trackers.values()):
         tracker.lock = threading.Lock()
