@@ -116,31 +116,43 @@ def before_fork() -> None:
     e.g., a worker forking its own children), close their idle pooled connections, and
     outside uWSGI warn once per parent about those it could not (checked out) or did not
     (``DBFIX_CLOSE_BEFORE_FORK`` off) close. Never raises."""
-    global _reported_by_parent, _parent_warned
+    global _reported_by_parent
     _reported_by_parent = False
+    if _in_uwsgi_worker():
+        return  # lazy-apps: a worker loaded the app and forks its own children
+    # Another thread may hold the registry's lock (it may even wait for this fork): give
+    # up closing rather than hang the fork; the children still forget what they inherit.
+    if not registry.lock_for_fork():
+        logger.debug("flask-uwsgi-dbfix: before fork: registry busy, nothing closed")
+        return
     try:
-        pid = os.getpid()
-        if _in_uwsgi_worker():
-            return  # lazy-apps: a worker loaded the app and forks its own children
-        mine = [m for m in registry.all_engines() if m.owner_pid == pid]
-        if not mine:
-            return
-        closed = close_idle_connections([m for m in mine if m.close_before_fork])
-        if closed:
-            logger.info("%s", format_closed(closed))
-        logger.debug("flask-uwsgi-dbfix: before fork in %d: closed %d engine(s)", pid, len(closed))
-        _reported_by_parent = True
-        if _startup_token is not None or _parent_warned:
-            return  # under uWSGI the first worker warns, with the same message
-        left = open_in([m for m in mine if m.prefork_warning])
-        if left:
-            _parent_warned = True
-            try:
-                emit_warning(left)
-            except Exception as exc:  # a warnings filter turned it into an error
-                logger.warning("%s", exc)
+        _close_and_warn()
     except Exception:
         logger.debug("flask-uwsgi-dbfix: before-fork hook failed", exc_info=True)
+    finally:
+        registry.unlock_after_fork()
+
+
+def _close_and_warn() -> None:
+    global _reported_by_parent, _parent_warned
+    pid = os.getpid()
+    mine = [m for m in registry.all_engines() if m.owner_pid == pid]
+    if not mine:
+        return
+    closed = close_idle_connections([m for m in mine if m.close_before_fork])
+    if closed:
+        logger.info("%s", format_closed(closed))
+    logger.debug("flask-uwsgi-dbfix: before fork in %d: closed %d engine(s)", pid, len(closed))
+    _reported_by_parent = True
+    if _startup_token is not None or _parent_warned:
+        return  # under uWSGI the first worker warns, with the same message
+    left = open_in([m for m in mine if m.prefork_warning])
+    if left:
+        _parent_warned = True
+        try:
+            emit_warning(left)
+        except Exception as exc:  # a warnings filter turned it into an error
+            logger.warning("%s", exc)
 
 
 def _in_uwsgi_worker() -> bool:

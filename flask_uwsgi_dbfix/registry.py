@@ -180,6 +180,16 @@ def _on_first_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> Non
             _app_engines(app, entry)
 
 
+def lock_for_fork(timeout: float = 0.5) -> bool:
+    """Take the registry's lock for the before-fork hook, unless another thread holds it
+    for longer than ``timeout`` (that thread may be waiting for the fork itself)."""
+    return _lock.acquire(timeout=timeout)
+
+
+def unlock_after_fork() -> None:
+    _lock.release()
+
+
 def reset_locks_in_child() -> None:
     """In a fresh fork, replace the locks: one held by another thread of the parent at fork
     time would never be released here. The child runs one thread at this point."""

@@ -21,7 +21,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sqlalchemy.pool import Pool
 
-from flask_uwsgi_dbfix import PreForkConnectionWarning, postfork, register, tracking
+from flask_uwsgi_dbfix import (
+    HeldAcrossForkError,
+    PreForkConnectionWarning,
+    postfork,
+    register,
+    tracking,
+)
 from harness.postgres import PostgresServer
 from tests.pgstat import backend_alive
 from tests.test_fork_inprocess import BACKEND, backend, in_child
@@ -89,6 +95,7 @@ def child_uses_held_session(session: Any, engine: Engine) -> dict[str, Any]:
     except Exception as exc:
         result["first"] = str(exc)
         result["invalidated"] = bool(getattr(exc, "connection_invalidated", False))
+        result["ours"] = isinstance(getattr(exc, "orig", None), HeldAcrossForkError)
     session.rollback()
     result["second"] = session.execute(BACKEND).one()[0]
     session.close()
@@ -101,9 +108,9 @@ def test_session_held_across_fork_fails_once_with_the_message_then_recovers(
 ) -> None:
     url = fresh_db().replace("postgresql+psycopg2://", f"{driver}://")
     engine = create_engine(url)
+    session = Session(engine)
     try:
         register(engine, name="held")
-        session = Session(engine)
         parent_backend = session.execute(BACKEND).one()[0]  # MARK: session held
         with pytest.warns(PreForkConnectionWarning, match="1 checked out at fork time"):
             child = in_child(lambda: child_uses_held_session(session, engine))
@@ -113,11 +120,12 @@ def test_session_held_across_fork_fails_once_with_the_message_then_recovers(
         assert HELD_MESSAGE + where in child["first"]
         assert "close the Session/Connection before the fork" in child["first"]
         assert child["invalidated"] is True  # SQLAlchemy saw a disconnect
+        assert child["ours"] is True  # users can catch flask_uwsgi_dbfix.HeldAcrossForkError
         assert child["second"] != parent_backend
         # The parent's Session and connection are untouched.
         assert session.execute(BACKEND).one()[0] == parent_backend
-        session.close()
     finally:
+        session.close()
         engine.dispose()
 
 
