@@ -70,6 +70,11 @@ class _ForkedConnection:
         return "<connection held across a fork: unusable in this process>"
 
 
+def is_stand_in(dbapi_connection: Any) -> bool:
+    """True for what :func:`replace_held` put in place: already forgotten."""
+    return isinstance(dbapi_connection, _ForkedConnection)
+
+
 def replace_held(engine: Engine, record: Any, holder: Any, origin: CodeLocation | None) -> None:
     """Swap the stand-in into the checked-out ``record`` and its proxy ``holder``."""
     dbapi = getattr(engine.dialect, "loaded_dbapi", None) or engine.dialect.dbapi

@@ -27,6 +27,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
+from .held import is_stand_in, replace_held
+
 if TYPE_CHECKING:
     from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -239,8 +241,14 @@ class _EngineTracker:
         setattr(pool, _GUARDED_ATTR, True)
 
     def snapshot(self) -> list[ConnectionPoolEntry]:
+        """Records with a live connection (a held one this child already replaced is not)."""
         with self.lock:
-            return [r for r in self.records if r.dbapi_connection is not None]
+            records = list(self.records)
+        return [
+            r
+            for r in records
+            if r.dbapi_connection is not None and not is_stand_in(r.dbapi_connection)
+        ]
 
     def opener_pid(self, record: ConnectionPoolEntry) -> int:
         """The process that opened ``record``'s connection (the guard inlines this)."""
@@ -339,8 +347,6 @@ def forget_inherited(engine: Engine) -> None:
     at fork time get a stand-in that fails on first use with an error saying so, which
     SQLAlchemy treats as a disconnect (see :mod:`flask_uwsgi_dbfix.held`).
     """
-    from .held import replace_held  # import cycle: held uses this module's helpers
-
     tracker = _trackers.get(engine)
     if tracker is not None:
         pid = os.getpid()
