@@ -649,11 +649,18 @@ def test_human_output_fits_80_columns_and_has_no_colour_off_a_tty(
     make_app: MakeApp, tmp_path: Path
 ) -> None:
     text = GOOD_INI + "module = nowhere:app\nprocesses = %(x)\nlazy_apps = 1\n"
-    result = run(make_app(query=True, hold=True), "--ini", str(ini(tmp_path, text)))
+    deep = tmp_path / ("a-rather-long-directory-name-" * 3) / "and-deeper"
+    deep.mkdir(parents=True)
+    url = f"sqlite:///{deep / 'database.sqlite'}"
+    result = run(make_app(query=True, hold=True, url=url), "--ini", str(ini(tmp_path, text)))
     assert not ANSI.search(result.stdout)
     # Only a single path or URL too long for any line may overflow: it is never cut.
-    long = [line for line in result.stdout.splitlines() if len(line) > 80]
-    assert all(len(line.split()[-1]) > 80 - 11 for line in long), long
+    lines = result.stdout.splitlines()
+    long = [line for line in lines if len(line) > 80]
+    assert long and all(len(line.split()[-1]) > 80 - 11 for line in long), long
+    assert any(line.split()[-1:] == [url] for line in lines), result.stdout  # whole, copyable
+    # The app's own file, shortened to its importable path and kept in one piece.
+    assert f"tests/cli_apps/factory.py:{mark_line(FACTORY, 'query')}" in result.stdout
     assert "\nEngines\n" in result.stdout
     assert "\nFindings\n" in result.stdout
 
