@@ -22,6 +22,7 @@ from flask_uwsgi_dbfix import check, cli
 from flask_uwsgi_dbfix.check import build_report, exit_code
 from flask_uwsgi_dbfix.check_output import render_human, report_to_json
 from tests.cli_apps import factory
+from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTORY = Path(factory.__file__).resolve()
