@@ -150,7 +150,7 @@ def _close_and_warn() -> None:
     if left:
         _parent_warned = True
         try:
-            emit_warning(left)
+            emit_warning(left, uwsgi=False)
         except Exception as exc:  # a warnings filter turned it into an error
             logger.warning("%s", exc)
 

@@ -84,8 +84,9 @@ def format_closed(closed: list[InheritedConnections]) -> str:
     return "\n".join(lines)
 
 
-def format_warning(found: list[InheritedConnections]) -> str:
-    """A message that names each engine and the code that opened its connections."""
+def format_warning(found: list[InheritedConnections], uwsgi: bool = True) -> str:
+    """A message that names each engine and the code that opened its connections;
+    ``uwsgi``: add the uWSGI option that lets the master close idle ones itself."""
     total = sum(len(f.connections) for f in found)
     lines = [
         f"flask-uwsgi-dbfix: {total} database connection(s) were open when the process "
@@ -94,18 +95,23 @@ def format_warning(found: list[InheritedConnections]) -> str:
     _describe(found, lines)
     lines.append(
         "  To change: open no connection while the app is created, or call engine.dispose() "
-        "once that startup work is done, so the master holds none when it forks. Under "
-        "uWSGI, py-call-uwsgi-fork-hooks = true lets the master close idle ones itself."
+        "once that startup work is done, so the master holds none when it forks."
+        + (
+            " Under uWSGI, py-call-uwsgi-fork-hooks = true lets the master close idle ones itself."
+            if uwsgi
+            else ""
+        )
     )
     if any(f.checked_out for f in found):
         lines.append(
-            "  A Connection or Session left open across the fork is unusable in workers: "
-            "close it before the app is served."
+            "  A Connection or Session left open across the fork fails on its first use in "
+            "each worker (flask_uwsgi_dbfix.HeldAcrossForkError) and works again after a "
+            "rollback: close it before the fork."
         )
     return "\n".join(lines)
 
 
-def emit_warning(found: list[InheritedConnections]) -> None:
+def emit_warning(found: list[InheritedConnections], uwsgi: bool = True) -> None:
     """Warn with :class:`PreForkConnectionWarning`, one copy.
 
     Warning filters always apply (``ignore``, ``error``). Where Python would print it
@@ -113,7 +119,7 @@ def emit_warning(found: list[InheritedConnections]) -> None:
     printed through logging instead, in the app's log format; otherwise it goes
     wherever warnings go (``logging.captureWarnings``, pytest, a custom display).
     """
-    message = format_warning(found)
+    message = format_warning(found, uwsgi)
     origin = next((c.origin for f in found for c in f.connections if c.origin), None)
     with warnings.catch_warnings():
         if _default_display() and logger.hasHandlers() and logger.isEnabledFor(logging.WARNING):
