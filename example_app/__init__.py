@@ -27,7 +27,12 @@ __all__ = ["create_app", "database_url", "db", "dbfix"]
 
 # Only these are copied from the environment: other DBFIX_* variables (the test harness
 # has some) are not extension settings, and the extension rejects unknown DBFIX_ keys.
-DBFIX_ENV_KEYS = ("DBFIX_ENABLED", "DBFIX_PREFORK_WARNING", "DBFIX_PID_GUARD")
+DBFIX_ENV_KEYS = (
+    "DBFIX_ENABLED",
+    "DBFIX_PREFORK_WARNING",
+    "DBFIX_PID_GUARD",
+    "DBFIX_CLOSE_BEFORE_FORK",
+)
 
 dbfix = FlaskDBFix()
 

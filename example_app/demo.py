@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from example_app import database_url
 from harness.load import LoadResult, run_load
@@ -56,7 +58,9 @@ class Mode:
 MODES = (
     # The extension's own off switch, read by create_app() from the environment.
     Mode("without_fix", "without fix", {"DBFIX_ENABLED": "0"}),
-    Mode("with_fix", "with fix", {"DBFIX_ENABLED": "1"}),
+    # With the option uwsgi.ini suggests (commented, uWSGI 2.0.21+): the master runs the
+    # extension's before-fork hook and closes its idle connections itself.
+    Mode("with_fix", "with fix", {"DBFIX_ENABLED": "1"}, ("--py-call-uwsgi-fork-hooks",)),
     # The usual advice instead of a fix: every worker imports the app itself.
     Mode("lazy_apps", "lazy-apps", {"DBFIX_ENABLED": "0"}, ("--lazy-apps",)),
 )
@@ -83,9 +87,14 @@ class RunResult:
     """Proportional set size of master + workers after the load (shared pages once)."""
     ready_seconds: float
     load_seconds: float
+    master_connections: int | None = None
+    """Connections the uWSGI master keeps open on the server once it forked its workers
+    (from pg_stat_activity); ``None`` when it could not be measured."""
 
 
-def summarize(load: LoadResult, pss_kib: int, ready_seconds: float) -> RunResult:
+def summarize(
+    load: LoadResult, pss_kib: int, ready_seconds: float, master_connections: int | None = None
+) -> RunResult:
     """Reduce the ``/worker`` answers to the table's numbers.
 
     A failed request reports no backend, so the backend counts alone can look clean while
@@ -111,7 +120,48 @@ def summarize(load: LoadResult, pss_kib: int, ready_seconds: float) -> RunResult
         pss_mib=round(pss_kib / 1024, 1),
         ready_seconds=round(ready_seconds, 2),
         load_seconds=round(load.seconds, 2),
+        master_connections=master_connections,
     )
+
+
+def local_tcp_ports(pid: int) -> set[int]:
+    """Local ports of the TCP sockets process ``pid`` holds (from /proc; Linux only)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if len(fields) > 9 and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def master_connections(url: str, master_pid: int) -> int | None:
+    """How many server connections the master holds: pg_stat_activity knows each
+    client's port, /proc which ports are the master's."""
+    ports = local_tcp_ports(master_pid)
+    try:
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    text(
+                        "SELECT client_port FROM pg_stat_activity "
+                        "WHERE client_port IS NOT NULL AND pid <> pg_backend_pid()"
+                    )
+                ).all()
+        finally:
+            engine.dispose()
+    except Exception:  # a demo measure, never a reason to fail the demo
+        return None
+    return sum(port in ports for (port,) in rows)
 
 
 def fixed_run_ok(result: RunResult) -> bool:
@@ -198,8 +248,9 @@ def run_mode(
         def report(sent: int, failed: int) -> None:
             progress.show(f"{step} {mode.title}: {sent}/{args.requests} requests, {failed} failed")
 
+        kept = master_connections(url, server.process.pid)
         load = load_in_chunks(server.base_url, args.requests, args.concurrency, report)
-        result = summarize(load, server.pss_kib(), server.ready_seconds)
+        result = summarize(load, server.pss_kib(), server.ready_seconds, kept)
         progress.show(
             f"{step} {mode.title}: {result.failed} of {result.requests} failed", milestone=True
         )
@@ -246,6 +297,10 @@ def format_table(results: dict[str, RunResult]) -> str:
             [str(results[m.key].workers_on_master_backend) for m in columns],
         ),
         ("every answer over SSL", ["yes" if results[m.key].all_ssl else "NO" for m in columns]),
+        (
+            "connections the master keeps on the server",
+            [_count(results[m.key].master_connections) for m in columns],
+        ),
         ("memory: PSS of master+workers (MiB)", [f"{results[m.key].pss_mib:.1f}" for m in columns]),
         ("ready after (s)", [f"{results[m.key].ready_seconds:.2f}" for m in columns]),
         ("load took (s)", [f"{results[m.key].load_seconds:.2f}" for m in columns]),
@@ -259,6 +314,10 @@ def format_table(results: dict[str, RunResult]) -> str:
     lines = [line("", [m.title for m in columns]), "-" * (width + sum(cells))]
     lines += [line(label, values) for label, values in rows]
     return "\n".join(lines)
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
 
 
 def verdict(results: dict[str, RunResult]) -> list[str]:
@@ -280,6 +339,11 @@ def verdict(results: dict[str, RunResult]) -> list[str]:
             f"with fix: {fixed.failed} failed, {fixed.workers_on_master_backend} worker(s) on "
             f"the master's connection -> {state}"
         )
+        if fixed.master_connections is not None:
+            lines.append(
+                f"with fix: the master keeps {fixed.master_connections} connection(s) on the "
+                "server (py-call-uwsgi-fork-hooks)."
+            )
     lazy = results.get("lazy_apps")
     if fixed is not None and lazy is not None and fixed.pss_mib:
         extra = lazy.pss_mib - fixed.pss_mib

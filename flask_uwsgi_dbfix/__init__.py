@@ -7,6 +7,13 @@ pid, and a warning names the code that opened connections before the fork.
 
 from .config import DBFixConfig
 from .extension import FlaskDBFix, register
+from .held import HeldAcrossForkError
 from .prefork import PreForkConnectionWarning
 
-__all__ = ["DBFixConfig", "FlaskDBFix", "PreForkConnectionWarning", "register"]
+__all__ = [
+    "DBFixConfig",
+    "FlaskDBFix",
+    "HeldAcrossForkError",
+    "PreForkConnectionWarning",
+    "register",
+]

@@ -49,7 +49,11 @@ DEFAULT_INI = "uwsgi.ini"
 
 Severity = Literal["error", "warning", "info"]
 _SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
-_UNKNOWN_ORIGIN = "an unknown place (not tracked by the extension)"
+_UNKNOWN_ORIGIN = "an unknown place (opened before flask_uwsgi_dbfix was imported)"
+_FORK_HOOKS_FIX = (
+    "Or set py-call-uwsgi-fork-hooks = true in the uWSGI ini (uWSGI 2.0.21+): the "
+    "master then closes its idle connections itself before each fork."
+)
 
 
 # -- the report ------------------------------------------------------------------------
@@ -187,19 +191,25 @@ def plural(count: int, noun: str) -> str:
 
 
 def short_path(path: str) -> str:
-    """The path relative to the cwd when it is under it: shorter to read, still exact."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return path
-    return path if relative.startswith("..") else relative
+    """The path relative to the deepest of the cwd and the ``sys.path`` entries holding
+    it (``app/__init__.py``, ``flask_appbuilder/security/...``): short, still exact."""
+    target = os.path.abspath(path)
+    roots = [os.getcwd(), *(os.path.abspath(p or os.curdir) for p in sys.path)]
+    best = None
+    for root in roots:
+        prefix = root.rstrip(os.sep) + os.sep
+        if target.startswith(prefix) and (best is None or len(root) > len(best)):
+            best = root
+    return path if best is None else os.path.relpath(target, best)
 
 
 def describe_origin(origin: CodeLocation | None) -> str:
-    """``file:line in function``, or a plain sentence when the origin is not known."""
+    """``file:line in function (via file:line in function)``, or a plain sentence when the
+    origin is not known."""
     if origin is None:
         return _UNKNOWN_ORIGIN
-    return f"{short_path(origin.filename)}:{origin.lineno} in {origin.function}"
+    here = f"{short_path(origin.filename)}:{origin.lineno} in {origin.function}"
+    return here if origin.via is None else f"{here} (via {describe_origin(origin.via)})"
 
 
 # -- the app's engines -----------------------------------------------------------------
@@ -426,30 +436,75 @@ def _prefork_severity(report: CheckReport, engine: str, forks: bool | None) -> S
     return "warning" if managed or forks is None else "error"
 
 
+def _master_closes(report: CheckReport, engine: str, checked_out: bool) -> bool:
+    """Would the uWSGI master close this connection itself before forking?"""
+    uwsgi, config = report.uwsgi, report.config
+    return bool(
+        not checked_out
+        and uwsgi is not None
+        and uwsgi.settings.py_call_uwsgi_fork_hooks
+        and config is not None
+        and config.enabled
+        and config.close_before_fork
+        and any(e.name == engine and e.managed for e in report.engines)
+    )
+
+
 def _prefork_findings(report: CheckReport) -> list[Finding]:
     forks = _forks(report)
-    groups = Counter((c.engine, describe_origin(c.origin)) for c in report.prefork)
-    found = [
-        Finding(
-            "prefork-connection",
-            _prefork_severity(report, engine, forks),
+    groups = Counter(
+        (
+            c.engine,
+            describe_origin(c.origin),
+            _master_closes(report, c.engine, c.checked_out),
+            c.checked_out,
+        )
+        for c in report.prefork
+    )
+    found = []
+    for (engine, where, closes, held), count in groups.items():
+        opened = (
             f"Engine '{engine}' has {plural(count, 'connection')} open before the "
-            f"fork, opened at {where}. " + _prefork_consequence(report, forks),
+            f"fork, opened at {where}. "
+        )
+        location = None if where == _UNKNOWN_ORIGIN else where
+        if closes and forks is not False:
+            found.append(
+                Finding(
+                    "prefork-connection",
+                    "info",
+                    opened + "The master closes it before forking (py-call-uwsgi-fork-hooks "
+                    "with DBFIX_CLOSE_BEFORE_FORK): workers inherit nothing.",
+                    None,
+                    location,
+                )
+            )
+            continue
+        severity = _prefork_severity(report, engine, forks)
+        fix = (
             "Open no connection while the app is created (move the query into a "
             "request handler or a CLI command), or call engine.dispose() once that "
-            "start-up work is done.",
-            None if where == _UNKNOWN_ORIGIN else where,
+            "start-up work is done."
         )
-        for (engine, where), count in groups.items()
-    ]
+        if severity != "info" and not held and _fork_hooks_would_help(report):
+            fix += " " + _FORK_HOOKS_FIX
+        found.append(
+            Finding(
+                "prefork-connection",
+                severity,
+                opened + _prefork_consequence(report, forks),
+                fix,
+                location,
+            )
+        )
     found += [
         Finding(
             "checked-out-at-fork",
             "error",
             f"The connection of engine '{c.engine}' opened at {describe_origin(c.origin)} is "
             "checked out (held by a Connection or Session) while the app is created. "
-            "Whatever holds it is unusable in workers: it would talk on the master's "
-            "socket.",
+            "Nobody can close it before the fork, and whatever holds it fails in workers "
+            "on first use (the fix replaces it there by an error that says so).",
             "Close the Connection/Session (use `with engine.connect():` or "
             "`with Session() as s:`) before the app factory returns.",
             describe_origin(c.origin) if c.origin else None,
@@ -458,6 +513,11 @@ def _prefork_findings(report: CheckReport) -> list[Finding]:
         if c.checked_out
     ]
     return found
+
+
+def _fork_hooks_would_help(report: CheckReport) -> bool:
+    uwsgi = report.uwsgi
+    return uwsgi is None or not uwsgi.settings.py_call_uwsgi_fork_hooks
 
 
 def _prefork_consequence(report: CheckReport, forks: bool | None) -> str:
@@ -565,17 +625,49 @@ def _master_findings(uwsgi: UwsgiReport) -> list[Finding]:
             )
         )
     if s.py_call_osafterfork:
+        found.append(_osafterfork_finding(uwsgi))
+    if s.py_call_uwsgi_fork_hooks:
         found.append(
             Finding(
-                "py-call-osafterfork",
+                "py-call-uwsgi-fork-hooks",
                 "info",
-                "py-call-osafterfork is on: os.register_at_fork hooks run in workers, so "
-                "the extension's os-level hook drops inherited connections too.",
+                "py-call-uwsgi-fork-hooks is on: the master runs os.register_at_fork hooks "
+                "before each worker fork, where the extension closes its idle connections "
+                "(DBFIX_CLOSE_BEFORE_FORK), and workers run their after-fork hooks.",
                 None,
-                _ini_location(uwsgi.ini, "py-call-osafterfork"),
+                _ini_location(uwsgi.ini, "py-call-uwsgi-fork-hooks"),
             )
         )
     return found
+
+
+def osafterfork_kills_workers() -> bool:
+    """Python 3.13: uWSGI 2.0.30's py-call-osafterfork aborts every worker at start
+    (measured on 3.13.0; a hello-world app does the same)."""
+    return sys.version_info >= (3, 13)
+
+
+def _osafterfork_finding(uwsgi: UwsgiReport) -> Finding:
+    where = _ini_location(uwsgi.ini, "py-call-osafterfork")
+    if osafterfork_kills_workers():
+        return Finding(
+            "py-call-osafterfork",
+            "error",
+            f"py-call-osafterfork is on and this is Python {sys.version.split()[0]}: uWSGI "
+            "2.0.30 kills every worker at start with it on Python 3.13 ('Fatal Python "
+            "error: _PyRecursiveMutex_Unlock'), even for a hello-world app.",
+            "Remove py-call-osafterfork and set py-call-uwsgi-fork-hooks = true, which "
+            "works on Python 3.13 and also runs the after-fork hooks in workers.",
+            where,
+        )
+    return Finding(
+        "py-call-osafterfork",
+        "info",
+        "py-call-osafterfork is on: os.register_at_fork hooks run in workers, so "
+        "the extension's os-level hook drops inherited connections too.",
+        None,
+        where,
+    )
 
 
 def _worker_findings(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:

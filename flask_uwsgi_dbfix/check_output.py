@@ -22,7 +22,7 @@ from .check import (
     short_path,
 )
 from .config import DBFixConfig
-from .tracking import mask_passwords
+from .tracking import CodeLocation, mask_passwords
 from .uwsgi_ini import Unresolved, UwsgiSettings
 
 __all__ = ["SCHEMA_VERSION", "render_human", "report_to_json"]
@@ -64,19 +64,37 @@ def report_to_json(report: CheckReport, strict: bool = False) -> dict[str, Any]:
 
 def _extension_json(config: DBFixConfig | None) -> dict[str, Any]:
     if config is None:
-        return {"initialised": False, "enabled": False, "prefork_warning": None, "pid_guard": None}
+        return {
+            "initialised": False,
+            "enabled": False,
+            "prefork_warning": None,
+            "pid_guard": None,
+            "close_before_fork": None,
+        }
     return {
         "initialised": True,
         "enabled": config.enabled,
         "prefork_warning": config.prefork_warning,
         "pid_guard": config.pid_guard,
+        "close_before_fork": config.close_before_fork,
     }
 
 
+def _origin_json(origin: CodeLocation | None) -> dict[str, Any] | None:
+    if origin is None:
+        return None
+    found: dict[str, Any] = {
+        "file": origin.filename,
+        "line": origin.lineno,
+        "function": origin.function,
+    }
+    # "via": the library frame that connected; null when it is the app's own frame.
+    found["via"] = _origin_json(origin.via) if origin.via is not None else None
+    return found
+
+
 def _prefork_json(c: PreforkConnection) -> dict[str, Any]:
-    origin = None
-    if c.origin is not None:
-        origin = {"file": c.origin.filename, "line": c.origin.lineno, "function": c.origin.function}
+    origin = _origin_json(c.origin)
     return {
         "engine": c.engine,
         "url": c.url,
@@ -104,6 +122,7 @@ def _uwsgi_json(report: CheckReport) -> dict[str, Any] | None:
         "enable_threads": s.enable_threads,
         "threads": s.threads,
         "py_call_osafterfork": s.py_call_osafterfork,
+        "py_call_uwsgi_fork_hooks": s.py_call_uwsgi_fork_hooks,
         "max_requests": s.max_requests,
         "single_interpreter": s.single_interpreter,
         "forks": uwsgi.forks,
@@ -172,10 +191,11 @@ class _Writer:
         self.line(self.bold(text))
 
     def wrapped(self, text: str, indent: int, first: str = "") -> None:
-        """``first`` (padded to ``indent`` visible chars) then ``text`` wrapped to fit;
-        a word too long for a line (a URL, a path) is cut rather than overflow."""
+        """``first`` (padded to ``indent`` visible chars) then ``text`` wrapped to fit.
+        Never inside a word: a path or URL longer than a line stays whole (copyable)
+        and overflows rather than be cut."""
         lines = textwrap.wrap(
-            text, WIDTH - indent, break_long_words=True, break_on_hyphens=False
+            text, WIDTH - indent, break_long_words=False, break_on_hyphens=False
         ) or [""]
         self.line((first or " " * indent) + lines[0])
         for line in lines[1:]:
@@ -224,6 +244,7 @@ def _render_uwsgi(out: _Writer, report: CheckReport) -> None:
         ("enable-threads", s.enable_threads, "not set", ""),
         ("threads", s.threads, "not set", ""),
         ("py-call-osafterfork", s.py_call_osafterfork, "no", ""),
+        ("py-call-uwsgi-fork-hooks", s.py_call_uwsgi_fork_hooks, "no", ""),
         ("max-requests", s.max_requests, "not set", ""),
         ("single-interpreter", s.single_interpreter, "no", ""),
     ]
@@ -233,7 +254,7 @@ def _render_uwsgi(out: _Writer, report: CheckReport) -> None:
         ("serves", f"{mask_passwords(m.app.spec)} ({m.status}: {m.detail})") for m in uwsgi.matches
     ]
     for name, value in rows:
-        out.wrapped(value, 23, f"  {name:<19}  ")
+        out.wrapped(value, 28, f"  {name:<24}  ")
 
 
 def _show(s: UwsgiSettings, key: str, value: bool | int | None, unset: str) -> str:

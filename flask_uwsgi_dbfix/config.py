@@ -23,6 +23,11 @@ class DBFixConfig:
     pid_guard: bool = True
     """``DBFIX_PID_GUARD``: replace a pooled connection checked out in a process that did
     not open it (forks that no hook sees)."""
+    close_before_fork: bool = True
+    """``DBFIX_CLOSE_BEFORE_FORK``: in the process that loaded the app, close the engines'
+    idle pooled connections right before it forks (an ``os.register_at_fork`` hook: every
+    fork under gunicorn/Celery/RQ/multiprocessing, under uWSGI with
+    ``py-call-uwsgi-fork-hooks``), so they do not stay open on the server for nothing."""
 
 
 def config_keys() -> list[str]:

@@ -27,14 +27,22 @@ def register(
     name: str = "registered",
     pid_guard: bool = True,
     prefork_warning: bool = True,
+    close_before_fork: bool = True,
 ) -> Engine:
     """Keep a plain ``sqlalchemy.create_engine()`` engine fork-safe too; returns it.
 
-    For engines that Flask-SQLAlchemy does not own. ``name`` is how the warning and
-    ``flask dbfix check`` refer to it.
+    For engines that Flask-SQLAlchemy does not own; before or after the engine was used.
+    ``name`` is how the warning and ``flask dbfix check`` refer to it. The options are
+    the ``DBFIX_*`` settings of :class:`~flask_uwsgi_dbfix.DBFixConfig`, for this engine.
     """
     _compat.require_dispose_close()
-    registry.register(engine, name=name, pid_guard=pid_guard, prefork_warning=prefork_warning)
+    registry.register(
+        engine,
+        name=name,
+        pid_guard=pid_guard,
+        prefork_warning=prefork_warning,
+        close_before_fork=close_before_fork,
+    )
     postfork.install()
     return engine
 
@@ -43,8 +51,9 @@ class FlaskDBFix:
     """Makes every engine of an app safe under uWSGI's (or any) pre-forking workers.
 
     ``FlaskDBFix(app)`` or, in an app factory, ``dbfix = FlaskDBFix()`` then
-    ``dbfix.init_app(app)``, before or after ``db.init_app(app)``. The app is never
-    stored here: one instance serves any number of apps.
+    ``dbfix.init_app(app)``, anywhere: before or after ``db.init_app(app)`` and the
+    app's start-up work. Connections opened before are found and handled too. The app
+    is never stored here: one instance serves any number of apps.
     """
 
     def __init__(self, app: Flask | None = None) -> None:

@@ -1,8 +1,11 @@
-"""What runs in a forked child: forget inherited connections, then warn once per startup.
+"""The fork hooks: before a fork, the parent closes its idle connections; in the forked
+child, forget the inherited ones, then warn once per startup.
 
-Two hooks lead here. Under uWSGI, ``uwsgidecorators.postfork`` runs in every worker,
-respawned workers, mules and the spooler. For every other fork made through Python
-(``os.fork``, ``multiprocessing``, gunicorn, Celery prefork), ``os.register_at_fork``.
+In the child two hooks lead here. Under uWSGI, ``uwsgidecorators.postfork`` runs in
+every worker, respawned workers, mules and the spooler. For every other fork made
+through Python (``os.fork``, ``multiprocessing``, gunicorn, Celery prefork),
+``os.register_at_fork``. Its ``before`` hook runs in the parent of those forks, and in
+the uWSGI master only with ``py-call-uwsgi-fork-hooks``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ import threading
 from typing import Any
 
 from . import registry, tracking
-from .prefork import InheritedConnections, emit_warning, inherited_connections
+from .prefork import (
+    InheritedConnections,
+    close_idle_connections,
+    emit_warning,
+    format_closed,
+    inherited_connections,
+    open_in,
+)
 
 logger = logging.getLogger("flask_uwsgi_dbfix")
 
@@ -22,6 +32,9 @@ _installed = False
 _uwsgi_hook = "not installed"
 _startup_token: _StartupToken | None = None
 _inherited: list[InheritedConnections] = []
+_parent_warned = False
+_reported_by_parent = False
+"""Set by the before-fork hook; the child reads its copy: the parent spoke for it."""
 
 
 class _StartupToken:
@@ -90,11 +103,67 @@ def _on_os_fork() -> None:
     if found and _startup_token is not None:
         _inherited.extend(found)  # under uWSGI: the post-fork hook will warn about these
     elif found:
-        logger.info(
+        logger.log(
+            logging.DEBUG if _reported_by_parent else logging.INFO,
             "flask-uwsgi-dbfix: forked child %d dropped %d inherited connection(s)",
             os.getpid(),
             sum(len(f.connections) for f in found),
         )
+
+
+def before_fork() -> None:
+    """``os.register_at_fork(before=...)``: in the process that set the engines up (not,
+    e.g., a worker forking its own children), close their idle pooled connections, and
+    outside uWSGI warn once per parent about those it could not (checked out) or did not
+    (``DBFIX_CLOSE_BEFORE_FORK`` off) close. Never raises."""
+    global _reported_by_parent
+    _reported_by_parent = False
+    if _in_uwsgi_worker():
+        return  # lazy-apps: a worker loaded the app and forks its own children
+    # Another thread may hold the registry's lock (it may even wait for this fork): give
+    # up closing rather than hang the fork; the children still forget what they inherit.
+    if not registry.lock_for_fork():
+        logger.debug("flask-uwsgi-dbfix: before fork: registry busy, nothing closed")
+        return
+    try:
+        _close_and_warn()
+    except Exception:
+        logger.debug("flask-uwsgi-dbfix: before-fork hook failed", exc_info=True)
+    finally:
+        registry.unlock_after_fork()
+
+
+def _close_and_warn() -> None:
+    global _reported_by_parent, _parent_warned
+    pid = os.getpid()
+    mine = [m for m in registry.all_engines() if m.owner_pid == pid]
+    if not mine:
+        return
+    closed = close_idle_connections([m for m in mine if m.close_before_fork])
+    if closed:
+        logger.info("%s", format_closed(closed))
+    logger.debug("flask-uwsgi-dbfix: before fork in %d: closed %d engine(s)", pid, len(closed))
+    _reported_by_parent = True
+    if _startup_token is not None or _parent_warned:
+        return  # under uWSGI the first worker warns, with the same message
+    left = open_in([m for m in mine if m.prefork_warning])
+    if left:
+        _parent_warned = True
+        try:
+            emit_warning(left, uwsgi=False)
+        except Exception as exc:  # a warnings filter turned it into an error
+            logger.warning("%s", exc)
+
+
+def _in_uwsgi_worker() -> bool:
+    if _startup_token is None:
+        return False
+    try:
+        import uwsgi
+
+        return bool(uwsgi.worker_id())
+    except Exception:
+        return False
 
 
 def install() -> None:
@@ -104,7 +173,7 @@ def install() -> None:
         if _installed:
             return
         _installed = True
-        os.register_at_fork(after_in_child=_on_os_fork)
+        os.register_at_fork(before=before_fork, after_in_child=_on_os_fork)
         _uwsgi_hook = _install_uwsgi_hook()
 
 

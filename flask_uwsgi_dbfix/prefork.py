@@ -1,4 +1,5 @@
-"""The pre-fork warning: which engines handed connections to forked workers, opened where."""
+"""The pre-fork warning: which engines handed connections to forked workers, opened where;
+and the master's note about the idle ones it closed itself before forking."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .registry import ManagedEngine
-from .tracking import OpenedConnection, masked_url, open_connections
+from .tracking import OpenedConnection, close_idle, masked_url, open_connections
 
 logger = logging.getLogger("flask_uwsgi_dbfix")
 
@@ -43,46 +44,112 @@ def inherited_connections(
     return found
 
 
-def format_warning(found: list[InheritedConnections]) -> str:
-    """A message that names each engine and the code that opened its connections."""
-    total = sum(len(f.connections) for f in found)
-    lines = [
-        f"flask-uwsgi-dbfix: {total} database connection(s) were opened before the workers "
-        "were forked; each worker dropped its inherited copy and opens its own."
-    ]
+def open_in(engines: list[ManagedEngine]) -> list[InheritedConnections]:
+    """Per engine, every live connection: what a child forked now would inherit."""
+    return inherited_connections(engines, current_pid=0)
+
+
+def close_idle_connections(engines: list[ManagedEngine]) -> list[InheritedConnections]:
+    """Close the idle pooled connections of ``engines`` (in the process that opened
+    them); returns what was closed, per engine."""
+    closed = []
+    for managed in engines:
+        done = tuple(close_idle(managed.engine))
+        if done:
+            closed.append(InheritedConnections(managed.name, masked_url(managed.engine), done))
+    return closed
+
+
+def _describe(found: list[InheritedConnections], lines: list[str], state: bool = True) -> None:
     for f in found:
-        held = f", {f.checked_out} checked out at fork time" if f.checked_out else ""
+        held = f", {f.checked_out} checked out at fork time" if f.checked_out and state else ""
         lines.append(f"  engine {f.name!r} ({f.url}): {len(f.connections)} connection(s){held}")
         origins = Counter(
-            str(c.origin) if c.origin else "(opened before the engine was tracked)"
+            str(c.origin) if c.origin else "(opened before flask_uwsgi_dbfix was imported)"
             for c in f.connections
         )
         for origin, count in origins.most_common():
             times = f" ({count}x)" if count > 1 else ""
             lines.append(f"    opened at {origin}{times}")
+
+
+def format_closed(closed: list[InheritedConnections]) -> str:
+    """The master's INFO line: what it closed before forking, and where each was opened."""
+    total = sum(len(f.connections) for f in closed)
+    lines = [
+        f"flask-uwsgi-dbfix: closed {total} idle database connection(s) before forking, "
+        "so that the workers inherit none and the server does not keep them open:"
+    ]
+    _describe(closed, lines, state=False)
+    return "\n".join(lines)
+
+
+def format_warning(found: list[InheritedConnections], uwsgi: bool = True) -> str:
+    """A message that names each engine and the code that opened its connections;
+    ``uwsgi``: add the uWSGI option that lets the master close idle ones itself."""
+    total = sum(len(f.connections) for f in found)
+    lines = [
+        f"flask-uwsgi-dbfix: {total} database connection(s) were open when the process "
+        "forked its workers; each worker dropped its inherited copy and opens its own."
+    ]
+    _describe(found, lines)
     lines.append(
         "  To change: open no connection while the app is created, or call engine.dispose() "
         "once that startup work is done, so the master holds none when it forks."
+        + (
+            " Under uWSGI, py-call-uwsgi-fork-hooks = true lets the master close idle ones itself."
+            if uwsgi
+            else ""
+        )
     )
     if any(f.checked_out for f in found):
         lines.append(
-            "  A Connection or Session left open across the fork is unusable in workers: "
-            "close it before the app is served."
+            "  A Connection or Session left open across the fork fails on its first use in "
+            "each worker (flask_uwsgi_dbfix.HeldAcrossForkError) and works again after a "
+            "rollback: close it before the fork."
         )
     return "\n".join(lines)
 
 
-def emit_warning(found: list[InheritedConnections]) -> None:
-    """Warn with :class:`PreForkConnectionWarning` and log it (once, if logging is set up)."""
-    message = format_warning(found)
+def emit_warning(found: list[InheritedConnections], uwsgi: bool = True) -> None:
+    """Warn with :class:`PreForkConnectionWarning`, one copy.
+
+    Warning filters always apply (``ignore``, ``error``). Where Python would print it
+    on stderr and the app has configured logging (``logging.basicConfig``), it is
+    printed through logging instead, in the app's log format; otherwise it goes
+    wherever warnings go (``logging.captureWarnings``, pytest, a custom display).
+    """
+    message = format_warning(found, uwsgi)
     origin = next((c.origin for f in found for c in f.connections if c.origin), None)
-    if origin is None:
-        warnings.warn(message, PreForkConnectionWarning, stacklevel=2)
-    else:
-        # Point the warning at the user's line, so its header and source line are that code.
-        warnings.warn_explicit(
-            message, PreForkConnectionWarning, origin.filename, origin.lineno, module=__name__
-        )
-    # Without configured handlers logging would fall back to stderr and print it twice.
-    if logger.hasHandlers():
-        logger.warning(message)
+    with warnings.catch_warnings():
+        if _default_display() and logger.hasHandlers() and logger.isEnabledFor(logging.WARNING):
+            warnings.showwarning = _log_warning
+        if origin is None:
+            warnings.warn(message, PreForkConnectionWarning, stacklevel=2)
+        else:
+            # Point the warning at the user's line, so its header and source line are it.
+            warnings.warn_explicit(
+                message, PreForkConnectionWarning, origin.filename, origin.lineno, module=__name__
+            )
+
+
+def _default_display() -> bool:
+    """Would Python print a warning on stderr itself (nobody replaced or records it)?"""
+    original = getattr(warnings, "_showwarning_orig", None)
+    impl = getattr(warnings, "_showwarnmsg_impl", None)
+    return (
+        original is not None
+        and warnings.showwarning is original
+        and getattr(impl, "__name__", None) == "_showwarnmsg_impl"
+    )
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    logger.warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)

@@ -6,6 +6,7 @@ them through us.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -34,16 +35,27 @@ class ManagedEngine:
     source: str
     """``"flask-sqlalchemy"`` or ``"register"``."""
     prefork_warning: bool = True
+    close_before_fork: bool = True
+    owner_pid: int = 0
+    """The process that set it up (loaded the app): only that one closes it before a fork."""
 
 
 @dataclass(frozen=True)
 class _Registration:
     name: str
     prefork_warning: bool
+    close_before_fork: bool
+    owner_pid: int
+
+
+@dataclass(frozen=True)
+class _AppEntry:
+    config: DBFixConfig
+    owner_pid: int
 
 
 _lock = threading.RLock()
-_apps: weakref.WeakKeyDictionary[Flask, DBFixConfig] = weakref.WeakKeyDictionary()
+_apps: weakref.WeakKeyDictionary[Flask, _AppEntry] = weakref.WeakKeyDictionary()
 _registered: weakref.WeakKeyDictionary[Engine, _Registration] = weakref.WeakKeyDictionary()
 _first_connect_listening = False
 
@@ -66,9 +78,9 @@ def flask_sqlalchemy_engines(app: Flask) -> Mapping[str | None, Engine]:
 def add_app(app: Flask, config: DBFixConfig) -> None:
     """Manage every engine of ``app``, now or as soon as Flask-SQLAlchemy creates them."""
     with _lock:
-        _apps[app] = config
+        entry = _apps[app] = _AppEntry(config, os.getpid())
         _listen_for_first_connect()
-    _app_engines(app, config)
+    _app_engines(app, entry)
 
 
 def register(
@@ -77,6 +89,7 @@ def register(
     name: str = "registered",
     pid_guard: bool = True,
     prefork_warning: bool = True,
+    close_before_fork: bool = True,
 ) -> Engine:
     """Keep a plain ``create_engine()`` engine fork-safe as well. Returns the engine."""
     if not isinstance(engine, Engine):
@@ -85,23 +98,31 @@ def register(
             + (" (use its .sync_engine)" if hasattr(engine, "sync_engine") else "")
         )
     with _lock:
-        _registered[engine] = _Registration(name, prefork_warning)
+        _registered[engine] = _Registration(name, prefork_warning, close_before_fork, os.getpid())
     tracking.track(engine, pid_guard=pid_guard)
     return engine
 
 
-def _app_engines(app: Flask, config: DBFixConfig, warn_held: bool = True) -> list[ManagedEngine]:
+def _app_engines(app: Flask, entry: _AppEntry) -> list[ManagedEngine]:
+    config = entry.config
     managed = []
     engines = flask_sqlalchemy_engines(app)
     # The default bind first, then the others by name: a stable order for humans.
     for key in sorted(engines, key=lambda k: (k is not None, k or "")):
         engine = engines[key]
         # A test suite may have mocked engine creation: leave what is not an Engine alone.
-        if isinstance(engine, Engine) and tracking.track(
-            engine, pid_guard=config.pid_guard, warn_held=warn_held
-        ):
+        if isinstance(engine, Engine) and tracking.track(engine, pid_guard=config.pid_guard):
             name = DEFAULT_BIND_NAME if key is None else key
-            managed.append(ManagedEngine(name, engine, "flask-sqlalchemy", config.prefork_warning))
+            managed.append(
+                ManagedEngine(
+                    name,
+                    engine,
+                    "flask-sqlalchemy",
+                    config.prefork_warning,
+                    config.close_before_fork,
+                    entry.owner_pid,
+                )
+            )
     return managed
 
 
@@ -109,7 +130,9 @@ def _registered_engines() -> list[ManagedEngine]:
     with _lock:
         items = list(_registered.items())
     return [
-        ManagedEngine(reg.name, engine, "register", reg.prefork_warning)
+        ManagedEngine(
+            reg.name, engine, "register", reg.prefork_warning, reg.close_before_fork, reg.owner_pid
+        )
         for engine, reg in items
         if tracking.is_tracked(engine)
     ]
@@ -118,8 +141,8 @@ def _registered_engines() -> list[ManagedEngine]:
 def app_engines(app: Flask) -> list[ManagedEngine]:
     """Every engine managed for ``app`` (all binds), plus the ``register()``-ed ones."""
     with _lock:
-        config = _apps.get(app)
-    own = _app_engines(app, config) if config is not None else []
+        entry = _apps.get(app)
+    own = _app_engines(app, entry) if entry is not None else []
     return _unique(own + _registered_engines())
 
 
@@ -127,7 +150,7 @@ def all_engines() -> list[ManagedEngine]:
     """Every engine managed in this process, each once."""
     with _lock:
         apps = list(_apps.items())
-    managed = [m for app, config in apps for m in _app_engines(app, config)]
+    managed = [m for app, entry in apps for m in _app_engines(app, entry)]
     return _unique(managed + _registered_engines())
 
 
@@ -155,9 +178,19 @@ def _listen_for_first_connect() -> None:
 def _on_first_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     with _lock:  # held as briefly as possible: a fork while it is held inherits it locked
         apps = list(_apps.items())
-    for app, config in apps:
+    for app, entry in apps:
         if _has_untracked(app):
-            _app_engines(app, config, warn_held=False)
+            _app_engines(app, entry)
+
+
+def lock_for_fork(timeout: float = 0.5) -> bool:
+    """Take the registry's lock for the before-fork hook, unless another thread holds it
+    for longer than ``timeout`` (that thread may be waiting for the fork itself)."""
+    return _lock.acquire(timeout=timeout)
+
+
+def unlock_after_fork() -> None:
+    _lock.release()
 
 
 def reset_locks_in_child() -> None:

@@ -1,22 +1,25 @@
 """Per-engine bookkeeping: who opened each pooled connection, and the pid guard.
 
-Every connection an instrumented engine opens is stamped with the opening process and
-the first stack frame outside the libraries, so that after a fork we can tell which
-connections were inherited and which code opened them.
+A class-level pool ``connect`` listener, installed when this module is imported, stamps
+every connection any pool opens with the opening process and the code that opened it.
+Engines are adopted later, whenever ``FlaskDBFix``/``register()`` meets them, together
+with every connection their pool already holds, idle or checked out: the order of the
+app's start-up work and of our set-up does not matter.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
+import gc
 import os
 import re
 import sys
+import sysconfig
 import threading
 import weakref
 from dataclasses import dataclass
 from types import FrameType, ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
 import sqlalchemy
@@ -24,7 +27,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
-from ._compat import ConnectionPoolEntry
+from .held import is_stand_in, replace_held
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import ConnectionPoolEntry
 
 _PID_KEY = "flask_uwsgi_dbfix.pid"
 _ORIGIN_KEY = "flask_uwsgi_dbfix.origin"
@@ -36,6 +42,8 @@ def _package_dir(module: ModuleType) -> str:
 
 
 def _library_dirs() -> tuple[str, ...]:
+    """SQLAlchemy, Flask, Flask-SQLAlchemy and this package: the plumbing every
+    connection passes through, never the code that asked for it."""
     dirs = [_package_dir(sqlalchemy), _package_dir(flask), _package_dir(sys.modules[__name__])]
     try:
         import flask_sqlalchemy
@@ -48,19 +56,35 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(dirs)
 
 
+def _stdlib_dirs() -> tuple[str, ...]:
+    found = {os.path.dirname(os.path.realpath(os.__file__))}
+    found.add(os.path.realpath(sysconfig.get_paths()["stdlib"]))
+    return tuple(d + os.sep for d in found)
+
+
 _LIBRARY_DIRS = _library_dirs()
+_STDLIB_DIRS = _stdlib_dirs()
+_INSTALLED_MARKERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
 
 
 @dataclass(frozen=True)
 class CodeLocation:
-    """Where a connection was opened: the first frame outside SQLAlchemy/Flask/this package."""
+    """Where a connection was opened.
+
+    ``filename``/``lineno``/``function`` are the application's own frame (the first one
+    outside installed packages, the standard library and this package); ``via`` is the
+    library frame that actually connected (the first one outside SQLAlchemy, Flask,
+    Flask-SQLAlchemy and this package), or ``None`` when that is the same frame.
+    """
 
     filename: str
     lineno: int
     function: str
+    via: CodeLocation | None = None
 
     def __str__(self) -> str:
-        return f"{self.filename}:{self.lineno} in {self.function}"
+        here = f"{self.filename}:{self.lineno} in {self.function}"
+        return f"{here} (via {self.via})" if self.via is not None else here
 
 
 @functools.lru_cache(maxsize=1024)
@@ -70,15 +94,32 @@ def _is_library_file(filename: str) -> bool:
     return filename.startswith("<") or os.path.realpath(filename).startswith(_LIBRARY_DIRS)
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_foreign_file(filename: str) -> bool:
+    """Not the application's own code: an installed package or the standard library."""
+    if _is_library_file(filename):
+        return True
+    path = os.path.realpath(filename)
+    return path.startswith(_STDLIB_DIRS) or any(m in path for m in _INSTALLED_MARKERS)
+
+
 def caller_location() -> CodeLocation | None:
-    """The innermost stack frame that belongs to application code, if any."""
+    """The innermost application frame, with the library frame that connected as ``via``."""
     frame: FrameType | None = sys._getframe(1)
+    library: CodeLocation | None = None
     while frame is not None:
         code = frame.f_code
-        if not _is_library_file(code.co_filename):
-            return CodeLocation(code.co_filename, frame.f_lineno, code.co_name)
+        if library is None and not _is_library_file(code.co_filename):
+            library = CodeLocation(code.co_filename, frame.f_lineno, code.co_name)
+        if library is not None and not _is_foreign_file(code.co_filename):
+            here = CodeLocation(code.co_filename, frame.f_lineno, code.co_name)
+            return here if here == library else CodeLocation(*_fields(here), via=library)
         frame = frame.f_back
-    return None
+    return library
+
+
+def _fields(location: CodeLocation) -> tuple[str, int, str]:
+    return location.filename, location.lineno, location.function
 
 
 @dataclass(frozen=True)
@@ -88,13 +129,68 @@ class OpenedConnection:
     pid: int
     """Process that opened it."""
     origin: CodeLocation | None
-    """Code that opened it; ``None`` if it was opened before the engine was tracked."""
+    """Code that opened it; ``None`` if it was opened before this package was imported."""
     checked_out: bool
     """Held by a ``Connection``/``Session`` right now rather than idle in the pool."""
 
 
+# -- every connection of every pool, stamped when it is opened ----------------------------
+
+_stamped: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
+_stamped_lock = threading.Lock()
+
+
+def _stamp(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    """Class-level ``connect`` listener: runs for every pool, tracked or not yet."""
+    record.info[_PID_KEY] = os.getpid()
+    record.info[_ORIGIN_KEY] = caller_location()
+    with _stamped_lock:
+        _stamped.add(record)
+
+
+event.listen(Pool, "connect", _stamp)
+
+
+def _new_stamp_lock() -> None:
+    """A fork while another thread held the lock would leave it locked in the child; the
+    child runs one thread here, so a fresh lock is safe."""
+    global _stamped_lock
+    _stamped_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_stamp_lock)
+
+
+def _record_pool(record: Any) -> Any:
+    """The pool a record belongs to (SQLAlchemy keeps it private, as ``__pool``)."""
+    return getattr(record, "_ConnectionRecord__pool", None)
+
+
+def _pool_records(pool: Pool) -> list[ConnectionPoolEntry]:
+    """Every live record of ``pool``: stamped ones, idle ones in its queue and, when the
+    pool lends out more than those, the rest found among live objects (opened before
+    this package was imported)."""
+    with _stamped_lock:
+        found = {id(r): r for r in _stamped if _record_pool(r) is pool}
+    queue = getattr(getattr(pool, "_pool", None), "queue", ())
+    for record in list(queue):
+        found.setdefault(id(record), record)
+    lent = sum(_holder(r) is not None for r in found.values())
+    checkedout = getattr(pool, "checkedout", None)
+    if callable(checkedout) and checkedout() > lent:
+        from sqlalchemy.pool.base import _ConnectionRecord
+
+        for obj in gc.get_objects():
+            if isinstance(obj, _ConnectionRecord) and _record_pool(obj) is pool:
+                found.setdefault(id(obj), obj)
+    return [r for r in found.values() if r.dbapi_connection is not None]
+
+
+# -- engines we manage ----------------------------------------------------------------------
+
+
 class _EngineTracker:
-    """The records an engine opened, plus the pid in force when tracking began."""
+    """The records of an engine's pools, plus the pid in force when tracking began."""
 
     def __init__(self, engine: Engine, pid_guard: bool) -> None:
         self.engine = weakref.ref(engine)
@@ -103,9 +199,15 @@ class _EngineTracker:
         self.records: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
         self.lock = threading.Lock()
 
+    def adopt(self, pool: Pool) -> None:
+        """Take over what ``pool`` holds already; unstamped records are this process's."""
+        for record in _pool_records(pool):
+            record.info.setdefault(_PID_KEY, os.getpid())
+            record.info.setdefault(_ORIGIN_KEY, None)
+            with self.lock:
+                self.records.add(record)
+
     def on_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        record.info[_PID_KEY] = os.getpid()
-        record.info[_ORIGIN_KEY] = caller_location()
         with self.lock:
             self.records.add(record)
         engine = self.engine()
@@ -131,6 +233,7 @@ class _EngineTracker:
         def guarded_do_get() -> ConnectionPoolEntry:
             record = hand_out()
             if record.info.get(_PID_KEY, started_pid) != getpid():
+                keep_forgotten(record.dbapi_connection)
                 record.dbapi_connection = None  # type: ignore[misc]
             return record
 
@@ -138,8 +241,14 @@ class _EngineTracker:
         setattr(pool, _GUARDED_ATTR, True)
 
     def snapshot(self) -> list[ConnectionPoolEntry]:
+        """Records with a live connection (a held one this child already replaced is not)."""
         with self.lock:
-            return [r for r in self.records if r.dbapi_connection is not None]
+            records = list(self.records)
+        return [
+            r
+            for r in records
+            if r.dbapi_connection is not None and not is_stand_in(r.dbapi_connection)
+        ]
 
     def opener_pid(self, record: ConnectionPoolEntry) -> int:
         """The process that opened ``record``'s connection (the guard inlines this)."""
@@ -160,10 +269,9 @@ def is_process_local(engine: Engine) -> bool:
     return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
-def track(engine: Engine, *, pid_guard: bool = True, warn_held: bool = True) -> bool:
-    """Start tracking ``engine`` (idempotent). Returns False for engines we leave alone.
-    ``warn_held=False`` from a pool's ``first_connect``: the one connection its pool counts
-    as checked out is the one being opened, which the ``connect`` listener will record."""
+def track(engine: Engine, *, pid_guard: bool = True) -> bool:
+    """Start tracking ``engine`` (idempotent), adopting the connections its pool holds
+    already. Returns False for engines we leave alone."""
     if is_process_local(engine):
         return False
     with _trackers_lock:
@@ -174,17 +282,9 @@ def track(engine: Engine, *, pid_guard: bool = True, warn_held: bool = True) -> 
     # Pool listeners on the engine are carried over to the new pool by engine.dispose().
     # (No Engine-level event: any of those puts every Connection on SQLAlchemy's slow path.)
     event.listen(engine, "connect", tracker.on_connect)
+    tracker.adopt(engine.pool)
     if pid_guard:
         tracker.guard(engine.pool)
-    held = getattr(engine.pool, "checkedout", lambda: 0)()
-    if held and warn_held:
-        logging.getLogger("flask_uwsgi_dbfix").warning(
-            "flask-uwsgi-dbfix: engine %s already has %d connection(s) checked out; they "
-            "were opened before it was registered and are not protected across a fork. "
-            "Register the engine (or call FlaskDBFix) before using it.",
-            masked_url(engine),
-            held,
-        )
     return True
 
 
@@ -193,7 +293,7 @@ def is_tracked(engine: Engine) -> bool:
 
 
 def open_connections(engine: Engine) -> list[OpenedConnection]:
-    """Live (not closed) pooled connections of ``engine`` that it opened while tracked."""
+    """Live (not closed) pooled connections of ``engine``, idle or checked out."""
     tracker = _trackers.get(engine)
     if tracker is None:
         return []
@@ -207,18 +307,45 @@ def open_connections(engine: Engine) -> list[OpenedConnection]:
     ]
 
 
-def _holder(record: ConnectionPoolEntry) -> Any:
+def _holder(record: Any) -> Any:
     """The proxy a checked-out record is lent to, or None when it is idle in the pool."""
     fairy_ref = getattr(record, "fairy_ref", None)
     return fairy_ref() if fairy_ref is not None else None
+
+
+def close_idle(engine: Engine) -> list[OpenedConnection]:
+    """In the process that opened them: close ``engine``'s idle pooled connections
+    (``engine.dispose()``). Returns what was closed; a checked-out connection is left
+    alone (nothing can close it under its holder)."""
+    tracker = _trackers.get(engine)
+    if tracker is None:
+        return []
+    pid = os.getpid()
+    idle = [c for c in open_connections(engine) if not c.checked_out and c.pid == pid]
+    if idle:
+        engine.dispose()
+    return idle
+
+
+# -- in a forked child -------------------------------------------------------------------
+
+_forgotten: list[Any] = []
+"""DBAPI connections a child dropped on purpose. Kept referenced, never collected: their
+finalizers would warn (sqlite3 on Python 3.13, psycopg 3: ``ResourceWarning``) about a
+connection that is not this process's to close. Bounded by the pools' sizes."""
+
+
+def keep_forgotten(dbapi_connection: Any) -> None:
+    if dbapi_connection is not None:
+        _forgotten.append(dbapi_connection)
 
 
 def forget_inherited(engine: Engine) -> None:
     """In a forked child: drop every connection the parent opened, without any I/O on it.
 
     Idle ones go with the old pool (``dispose(close=False)``); ones that were checked out
-    at fork time are detached from their record and proxy, so that returning them to the
-    pool later cannot roll back on the parent's socket.
+    at fork time get a stand-in that fails on first use with an error saying so, which
+    SQLAlchemy treats as a disconnect (see :mod:`flask_uwsgi_dbfix.held`).
     """
     tracker = _trackers.get(engine)
     if tracker is not None:
@@ -226,10 +353,12 @@ def forget_inherited(engine: Engine) -> None:
         for record in tracker.snapshot():
             if tracker.opener_pid(record) == pid:
                 continue
+            keep_forgotten(record.dbapi_connection)
             holder = _holder(record)
             if holder is not None:
-                holder.dbapi_connection = None
-            record.dbapi_connection = None  # type: ignore[misc]
+                replace_held(engine, record, holder, record.info.get(_ORIGIN_KEY))
+            else:
+                record.dbapi_connection = None  # type: ignore[misc]
     engine.dispose(close=False)
 
 
@@ -253,5 +382,6 @@ def reset_locks_in_child() -> None:
     """See :func:`flask_uwsgi_dbfix.registry.reset_locks_in_child`."""
     global _trackers_lock
     _trackers_lock = threading.Lock()
+    _new_stamp_lock()
     for tracker in list(_trackers.values()):
         tracker.lock = threading.Lock()

@@ -685,6 +685,9 @@ class UwsgiSettings:
     """``None`` when not set."""
     threads: int | None
     py_call_osafterfork: bool | None
+    py_call_uwsgi_fork_hooks: bool | None
+    """uWSGI 2.0.21+: the master runs Python's ``os.register_at_fork`` hooks around each
+    worker fork (before/after_in_parent), and workers their after_in_child ones."""
     max_requests: int | None
     single_interpreter: bool | None
     """``None`` when not set: uWSGI then gives every ``mount`` after the first app its
@@ -707,6 +710,7 @@ AUDITED = (
     "enable-threads",
     "threads",
     "py-call-osafterfork",
+    "py-call-uwsgi-fork-hooks",
     "max-requests",
     "single-interpreter",
     "module",
@@ -764,6 +768,7 @@ def settings_from_ini(ini: UwsgiIni) -> UwsgiSettings:
         enable_threads=read.flag("enable-threads"),
         threads=read.number("threads"),
         py_call_osafterfork=read.flag("py-call-osafterfork"),
+        py_call_uwsgi_fork_hooks=read.flag("py-call-uwsgi-fork-hooks"),
         max_requests=read.number("max-requests"),
         single_interpreter=read.flag("single-interpreter"),
         served=_served_apps(ini, read),

@@ -18,11 +18,12 @@ from click.testing import Result
 from flask import Flask
 from sqlalchemy import event
 
-from flask_uwsgi_dbfix import cli
+from flask_uwsgi_dbfix import check, cli
 from flask_uwsgi_dbfix.check import build_report, exit_code
 from flask_uwsgi_dbfix.check_output import render_human, report_to_json
 from flask_uwsgi_dbfix.registry import flask_sqlalchemy_engines
 from tests.cli_apps import factory
+from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTORY = Path(factory.__file__).resolve()
@@ -148,6 +149,7 @@ def test_prefork_connection_json_has_the_origin(make_app: MakeApp) -> None:
         "file": str(FACTORY),
         "line": mark_line(FACTORY, "query"),
         "function": "create_app",
+        "via": None,  # the app's own line connected: no library in between
     }
     assert conn["checked_out"] is False
     assert conn["pid"] == os.getpid()
@@ -245,7 +247,10 @@ def test_no_master_with_several_workers_is_a_warning_and_strict_fails(
     assert run_json(app, "--ini", path, "--strict")["verdict"]["strict"] is True
 
 
-def test_info_findings_for_ini_options(make_app: MakeApp, tmp_path: Path) -> None:
+def test_info_findings_for_ini_options(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(check, "osafterfork_kills_workers", lambda: False)  # below 3.13
     text = GOOD_INI + "py-call-osafterfork = true\nmax-requests = 1000\nenable-threads = false\n"
     data = run_json(make_app(), "--ini", str(ini(tmp_path, text)))
     found = codes(data)
@@ -256,6 +261,39 @@ def test_info_findings_for_ini_options(make_app: MakeApp, tmp_path: Path) -> Non
     located = {f["code"]: f["location"] for f in data["findings"]}
     assert located["max-requests"] == "uwsgi.ini:5"
     assert data["verdict"]["exit_code"] == 0
+
+
+@pytest.mark.parametrize("python_313", [False, True])
+def test_py_call_osafterfork_on_python_313_is_an_error_recommending_fork_hooks(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python_313: bool
+) -> None:
+    monkeypatch.setattr(check, "osafterfork_kills_workers", lambda: python_313)
+    path = ini(tmp_path, GOOD_INI + "py-call-osafterfork = true\n")
+    data = run_json(make_app(), "--ini", str(path))
+    (finding,) = [f for f in data["findings"] if f["code"] == "py-call-osafterfork"]
+    assert finding["severity"] == ("error" if python_313 else "info")
+    assert data["verdict"]["exit_code"] == (1 if python_313 else 0)
+    if python_313:
+        assert "py-call-uwsgi-fork-hooks = true" in finding["fix"]
+
+
+def test_fork_hooks_let_the_master_close_idle_connections_itself(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    path = ini(tmp_path, GOOD_INI + "py-call-uwsgi-fork-hooks = true\n")
+    data = run_json(make_app(query=True), "--ini", str(path), "--strict")
+    assert data["uwsgi_config"]["py_call_uwsgi_fork_hooks"] is True
+    assert codes(data)["py-call-uwsgi-fork-hooks"] == "info"
+    assert codes(data)["prefork-connection"] == "info"  # the master closes it itself
+    assert data["verdict"]["exit_code"] == 0
+    # Without the option the warning says that this option would let the master do it.
+    plain = run_json(make_app(query=True), "--ini", str(ini(tmp_path, GOOD_INI)))
+    (finding,) = [f for f in plain["findings"] if f["code"] == "prefork-connection"]
+    assert finding["severity"] == "warning"
+    assert "py-call-uwsgi-fork-hooks = true" in finding["fix"]
+    # The switch off: nothing is closed, the warning stays.
+    off = make_app(query=True, close_before_fork=False)
+    assert codes(run_json(off, "--ini", str(path)))["prefork-connection"] == "warning"
 
 
 def test_more_threads_than_pooled_connections_is_a_warning(
@@ -322,7 +360,7 @@ def test_unresolvable_placeholder_is_a_warning_not_a_guess(
     assert result.exit_code == 0
     assert "WARNING  ini-unresolved" in result.stdout
     assert "%(cores)" in result.stdout
-    assert "processes            unresolved" in result.stdout
+    assert "processes                 unresolved" in result.stdout
     data = run_json(app, "--ini", path)
     assert data["uwsgi_config"]["processes"] is None
     assert data["uwsgi_config"]["unresolved"] == [
@@ -388,7 +426,7 @@ def test_several_mounts_without_single_interpreter_is_a_warning(
     assert data["uwsgi_config"]["single_interpreter"] is None
     result = run(app, "--ini", path)
     assert "WARNING  multiple-interpreters" in result.stdout
-    assert "single-interpreter   no\n" in result.stdout
+    assert "single-interpreter        no\n" in result.stdout
     assert run(app, "--ini", path, "--strict").exit_code == 1
 
 
@@ -410,7 +448,7 @@ def test_single_interpreter_true_has_no_interpreter_warning(
     data = run_json(app, "--ini", path)
     assert "multiple-interpreters" not in codes(data)
     assert data["uwsgi_config"]["single_interpreter"] is True
-    assert "single-interpreter   yes\n" in run(app, "--ini", path).stdout
+    assert "single-interpreter        yes\n" in run(app, "--ini", path).stdout
 
 
 @pytest.mark.parametrize(
@@ -553,7 +591,13 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
     ]
     assert data["schema_version"] == 1
     assert set(data["app"]) == {"name", "import_path", "pid"}
-    assert set(data["extension"]) == {"initialised", "enabled", "prefork_warning", "pid_guard"}
+    assert set(data["extension"]) == {
+        "initialised",
+        "enabled",
+        "prefork_warning",
+        "pid_guard",
+        "close_before_fork",
+    }
     assert set(data["engines"][0]) == {
         "name",
         "source",
@@ -580,6 +624,7 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
         "enable_threads",
         "threads",
         "py_call_osafterfork",
+        "py_call_uwsgi_fork_hooks",
         "max_requests",
         "single_interpreter",
         "forks",
@@ -606,10 +651,18 @@ def test_human_output_fits_80_columns_and_has_no_colour_off_a_tty(
     make_app: MakeApp, tmp_path: Path
 ) -> None:
     text = GOOD_INI + "module = nowhere:app\nprocesses = %(x)\nlazy_apps = 1\n"
-    result = run(make_app(query=True, hold=True), "--ini", str(ini(tmp_path, text)))
+    deep = tmp_path / ("a-rather-long-directory-name-" * 3) / "and-deeper"
+    deep.mkdir(parents=True)
+    url = f"sqlite:///{deep / 'database.sqlite'}"
+    result = run(make_app(query=True, hold=True, url=url), "--ini", str(ini(tmp_path, text)))
     assert not ANSI.search(result.stdout)
-    long = [line for line in result.stdout.splitlines() if len(line) > 80]
-    assert long == []
+    # Only a single path or URL too long for any line may overflow: it is never cut.
+    lines = result.stdout.splitlines()
+    long = [line for line in lines if len(line) > 80]
+    assert long and all(len(line.split()[-1]) > 80 - 11 for line in long), long
+    assert any(line.split()[-1:] == [url] for line in lines), result.stdout  # whole, copyable
+    # The app's own file, shortened to its importable path and kept in one piece.
+    assert f"tests/cli_apps/factory.py:{mark_line(FACTORY, 'query')}" in result.stdout
     assert "\nEngines\n" in result.stdout
     assert "\nFindings\n" in result.stdout
 
@@ -649,7 +702,7 @@ def test_library_functions_without_the_command(make_app: MakeApp, tmp_path: Path
     assert data["verdict"]["exit_code"] == 0
     text = render_human(report)
     assert text.endswith("(exit 0).\n")
-    assert "lazy-apps            yes (lazy-apps)" in text
+    assert "lazy-apps                 yes (lazy-apps)" in text
 
 
 # -- the real `flask` command against PostgreSQL with SSL ------------------------------

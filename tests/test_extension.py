@@ -15,6 +15,7 @@ from sqlalchemy.pool import QueuePool
 
 from flask_uwsgi_dbfix import DBFixConfig, FlaskDBFix, postfork, register, registry, tracking
 from flask_uwsgi_dbfix.extension import DBFixState
+from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 from tests.fsa_compat import fsa_engines
 
 

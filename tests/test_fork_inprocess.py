@@ -63,7 +63,9 @@ def engine(fresh_db: Callable[[], str]) -> Iterator[Engine]:
 def test_registered_engine_child_gets_own_backend_and_parent_keeps_working(
     engine: Engine,
 ) -> None:
-    register(engine, name="forktest")
+    # close_before_fork off: the parent keeps its idle connection and the child inherits it
+    # (test_master_fork.py covers the parent closing it first).
+    register(engine, name="forktest", close_before_fork=False)
     parent_backend, ssl = backend(engine)  # now idle in the pool: the child inherits it
     assert ssl
 

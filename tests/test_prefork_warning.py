@@ -6,6 +6,8 @@ Its once-per-startup emission under real uWSGI is in test_uwsgi_fork.py.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,25 +60,56 @@ def test_warning_names_engine_masked_url_and_the_line(
     assert (warning.filename, warning.lineno) == (__file__, line)
 
 
+def own_engines(app: Flask) -> list[registry.ManagedEngine]:
+    """The app's engines, without the register()-ed engines of other tests."""
+    return [m for m in registry.app_engines(app) if m.source != "register"]
+
+
 def test_clean_app_has_nothing_to_warn_about(fresh_db: Callable[[], str]) -> None:
     app, _ = create_app(fresh_db(), query_at_creation=False)
-    assert inherited_connections(registry.app_engines(app), OTHER_PID) == []
+    assert inherited_connections(own_engines(app), OTHER_PID) == []
 
 
 def test_connections_opened_by_this_process_are_not_inherited(
     fresh_db: Callable[[], str],
 ) -> None:
     app, _ = create_app(fresh_db(), query_at_creation=True)
-    assert inherited_connections(registry.app_engines(app), os.getpid()) == []
+    assert inherited_connections(own_engines(app), os.getpid()) == []
 
 
-def test_warning_is_also_logged_when_logging_is_configured(
-    fresh_db: Callable[[], str], caplog: pytest.LogCaptureFixture
+SHOW_ONCE = """
+import logging, os, sys
+from flask_uwsgi_dbfix import registry
+from flask_uwsgi_dbfix.prefork import emit_warning, inherited_connections
+from tests.test_prefork_warning import create_app
+if sys.argv[1] == "basicConfig":
+    logging.basicConfig(format="LOG %(levelname)s %(name)s: %(message)s")
+elif sys.argv[1] == "captureWarnings":
+    logging.basicConfig(format="LOG %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+app, line = create_app(os.environ["DATABASE_URL"], query_at_creation=True)
+emit_warning(inherited_connections(registry.app_engines(app), os.getpid() + 100_000))
+"""
+
+
+@pytest.mark.parametrize("logging_setup", ["none", "basicConfig", "captureWarnings"])
+def test_the_warning_is_printed_once_however_logging_is_set_up(
+    fresh_db: Callable[[], str], logging_setup: str
 ) -> None:
-    app, line = create_app(fresh_db(), query_at_creation=True)
-    found = inherited_connections(registry.app_engines(app), OTHER_PID)
-    with caplog.at_level("WARNING", logger="flask_uwsgi_dbfix"):
-        with pytest.warns(PreForkConnectionWarning):
-            emit_warning(found)
-    (record,) = [r for r in caplog.records if r.name == "flask_uwsgi_dbfix"]
-    assert f"{__file__}:{line} in create_app" in record.getMessage()
+    """An app that calls logging.basicConfig (Flask-AppBuilder does) used to get it twice:
+    once from Python's warning display, once from logging."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", SHOW_ONCE, logging_setup],
+        cwd=root,
+        env={**os.environ, "DATABASE_URL": fresh_db(), "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert output.count("PreForkConnectionWarning") == 1, output
+    assert output.count(f"{__file__}:{OPENING_LINE} in create_app") == 1, output
+    # With logging configured, the one copy is in the app's log format.
+    assert ("LOG WARNING " in output) is (logging_setup != "none"), output

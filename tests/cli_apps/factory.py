@@ -25,6 +25,7 @@ def create_app(
     enabled: bool = True,
     extension: bool = True,
     engine_options: dict[str, Any] | None = None,
+    close_before_fork: bool = True,
 ) -> Flask:
     """``query``: run a query while creating the app (idle connection left in the pool);
     ``hold``: keep a Connection checked out; ``enabled``: DBFIX_ENABLED."""
@@ -35,6 +36,7 @@ def create_app(
         options.setdefault("poolclass", QueuePool)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     app.config["DBFIX_ENABLED"] = enabled
+    app.config["DBFIX_CLOSE_BEFORE_FORK"] = close_before_fork
     db = SQLAlchemy(app)
     if extension:
         FlaskDBFix(app)
