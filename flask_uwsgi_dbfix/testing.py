@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnectionRecord
@@ -33,7 +32,6 @@ __all__ = ["EngineCheck", "ForkCheck", "assert_fork_safe"]
 CHILD_TIMEOUT = 60.0
 """Seconds to wait for the forked child's answer before it is killed."""
 
-_ORIGIN_KEY = "flask_uwsgi_dbfix.testing.origin"
 _FORK_WARNING = r"This process .* is multi-threaded, use of fork\(\) may lead to deadlocks"
 
 # Child verdicts, per engine.
@@ -41,15 +39,6 @@ _INHERITED = "inherited"  # the pool handed the child a connection the parent op
 _NEW = "new"  # the child got a connection of its own
 _DROPPED = "dropped"  # handed a record whose inherited connection the pid guard dropped
 _NOT_ASKED = "not asked"  # nothing was open in the parent, or it is failing anyway
-
-
-def _stamp_origin(dbapi_connection: Any, record: Any) -> None:
-    """Class-level ``connect`` listener: remember the code that opened every connection,
-    of every engine, managed or not (the extension only stamps the engines it tracks)."""
-    record.info[_ORIGIN_KEY] = tracking.caller_location()
-
-
-event.listen(Pool, "connect", _stamp_origin)
 
 
 @dataclass(frozen=True)
@@ -224,7 +213,7 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
                 url=tracking.masked_url(t.engine),
                 source=t.source,
                 managed=t.managed,
-                opened_at=_origins(t.engine, t.records),
+                opened_at=_origins(t.records),
                 checked_out=t.checked_out,
                 child=verdict,
                 manage=t.manage,
@@ -312,23 +301,16 @@ def _how_to_manage(source: str, disabled: bool) -> str:
     return "FlaskDBFix(app) (it covers every bind)"
 
 
-def _origins(engine: Engine, records: list[_ConnectionRecord]) -> tuple[str, ...]:
-    """Where each record's connection was opened: our stamp, else the extension's own
-    record of the engine's connections, else unknown."""
-    stamped = [record.info.get(_ORIGIN_KEY) for record in records]
-    origins = [str(o) if o is not None else None for o in stamped]
-    if None in origins and tracking.is_tracked(engine):
-        # Opened before this module was imported, on an engine the extension tracks.
-        known = Counter(str(c.origin) for c in tracking.open_connections(engine) if c.origin)
-        known.subtract(o for o in origins if o is not None)
-        spare = iter(sorted(known.elements()))
-        origins = [o if o is not None else next(spare, None) for o in origins]
-    return tuple(o if o is not None else _UNKNOWN_ORIGIN for o in origins)
+def _origins(records: list[_ConnectionRecord]) -> tuple[str, ...]:
+    """Where each record's connection was opened: the package stamps every connection of
+    every pool, managed or not, from the moment it is imported."""
+    origins = (tracking.record_origin(record) for record in records)
+    return tuple(str(o) if o is not None else _UNKNOWN_ORIGIN for o in origins)
 
 
 _UNKNOWN_ORIGIN = (
-    "an unknown place (opened before flask_uwsgi_dbfix.testing was imported; "
-    "import it at the top of conftest.py to see where)"
+    "an unknown place (opened before flask_uwsgi_dbfix was imported; import it before the "
+    "app opens connections, e.g. at the top of conftest.py, to see where)"
 )
 
 

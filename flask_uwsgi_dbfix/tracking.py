@@ -151,6 +151,13 @@ def _stamp(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
 event.listen(Pool, "connect", _stamp)
 
 
+def record_origin(record: ConnectionPoolEntry) -> CodeLocation | None:
+    """The code that opened ``record``'s connection; ``None`` if it was opened before this
+    package was imported."""
+    origin = record.info.get(_ORIGIN_KEY)
+    return origin if isinstance(origin, CodeLocation) else None
+
+
 def _new_stamp_lock() -> None:
     """A fork while another thread held the lock would leave it locked in the child; the
     child runs one thread here, so a fresh lock is safe."""

@@ -28,7 +28,7 @@ from flask_uwsgi_dbfix import (
     register,
     tracking,
 )
-from harness.postgres import PostgresServer
+from harness.postgres import PostgresServer, default_driver
 from tests.pgstat import backend_alive
 from tests.test_fork_inprocess import BACKEND, backend, in_child
 
@@ -106,7 +106,7 @@ def child_uses_held_session(session: Any, engine: Engine) -> dict[str, Any]:
 def test_session_held_across_fork_fails_once_with_the_message_then_recovers(
     pg: PostgresServer, fresh_db: Callable[[], str], driver: str
 ) -> None:
-    url = fresh_db().replace("postgresql+psycopg2://", f"{driver}://")
+    url = fresh_db().replace(f"{default_driver()}://", f"{driver}://")
     engine = create_engine(url)
     session = Session(engine)
     try:
@@ -292,7 +292,7 @@ def test_connections_a_child_drops_on_purpose_never_warn(
     """psycopg 3 (any Python) and sqlite3 (Python 3.13+) warn ResourceWarning when an
     unclosed connection is garbage collected; a child forgetting the parent's must not."""
     if kind == "psycopg":
-        url = fresh_db().replace("postgresql+psycopg2://", "postgresql+psycopg://")
+        url = fresh_db().replace(f"{default_driver()}://", "postgresql+psycopg://")
     else:
         url = f"sqlite:///{tmp_path / 'file.db'}"
     engine = create_engine(url)

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from flask_uwsgi_dbfix import FlaskDBFix, PreForkConnectionWarning, registry
 from flask_uwsgi_dbfix.prefork import emit_warning, inherited_connections
-from harness.postgres import PostgresServer
+from harness.postgres import PostgresServer, default_driver
 
 OTHER_PID = os.getpid() + 100_000  # a "worker": any pid that did not open the connections
 
@@ -53,7 +53,8 @@ def test_warning_names_engine_masked_url_and_the_line(
     (warning,) = caught
     message = str(warning.message)
     assert f"{__file__}:{line} in create_app" in message
-    assert f"engine 'default' (postgresql+psycopg2://{pg.user}:***@127.0.0.1:{pg.port}/" in message
+    url = f"{default_driver()}://{pg.user}:***@127.0.0.1:{pg.port}/"
+    assert f"engine 'default' ({url}" in message
     assert "1 connection(s)" in message
     assert pg.password not in message
     # The warning points at the user's line, so `python -W` filters and IDEs land there.

@@ -12,7 +12,7 @@ import sqlalchemy
 
 from flask_uwsgi_dbfix.check import osafterfork_kills_workers
 from harness.load import LoadResult, run_load
-from harness.postgres import PostgresServer
+from harness.postgres import PostgresServer, default_driver
 from harness.uwsgi import UwsgiServer
 
 from .conftest import StartUwsgi
@@ -135,7 +135,7 @@ def test_with_fix_two_binds_and_a_registered_engine(
     log = server.log()
     assert log.count(WARNING_NAME) == 1
     for name in ("default", "second", "plain"):
-        masked = rf"postgresql\+psycopg2://{pg.user}:\*\*\*@"
+        masked = rf"{re.escape(default_driver())}://{pg.user}:\*\*\*@"
         assert re.search(rf"engine '{name}' \({masked}", log), log
     assert f"{BUG_APP.name}:{marked_line('probe connects')}" in log
     assert pg.password not in log
