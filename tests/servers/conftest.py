@@ -4,6 +4,7 @@ one of them at teardown."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,6 +58,9 @@ def web(pg: PostgresServer, tmp_path: Path) -> Iterator[StartWeb]:
             "--module", f"{WEB_MODULE}:app",
             "--need-app",
             "--disable-logging",
+            # pyuwsgi's master re-executes the interpreter on reload: without this it runs
+            # the base Python, outside the virtualenv, and cannot import pyuwsgi.
+            "--binary-path", sys.executable,
             *options,
         ]  # fmt: skip
         log_dir = tmp_path / f"uwsgi-{len(started)}"
