@@ -6,6 +6,7 @@ Served by uWSGI and gunicorn, and run as ``flask --app tests.servers.apps.web``.
   PRE_PING       "1": pool_pre_ping on the engine
   RESULTS_DIR    where the mule and the spooler append what their queries saw (JSON lines)
   MULE_QUERIES   how many queries the mule runs (it then idles)
+  WEB_*          Flask config, as app.config.from_prefixed_env("WEB") reads it
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ PROBE = text(
 app = Flask(__name__)
 app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
 app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": os.environ.get("PRE_PING") == "1"}
+app.config.from_prefixed_env("WEB")  # e.g. WEB_DBFIX_PID_GUARD=false -> DBFIX_PID_GUARD
 db = SQLAlchemy(app)
 if os.environ.get("DBFIX_FIX", "0") == "1":
     FlaskDBFix(app)
