@@ -59,20 +59,23 @@ class PostgresServer:
     def url(
         self,
         *,
-        driver: str = "postgresql+psycopg2",
+        driver: str | None = None,
         dbname: str | None = None,
         sslmode: str = "verify-full",
     ) -> str:
-        """SQLAlchemy URL with the real password; never print it (use ``masked_url``)."""
+        """SQLAlchemy URL with the real password; never print it (use ``masked_url``).
+
+        ``driver`` defaults to ``$DBFIX_TEST_DRIVER`` (the matrix's driver dimension),
+        else ``postgresql+psycopg2``."""
         return self._url(driver, dbname, sslmode).render_as_string(hide_password=False)
 
-    def masked_url(self, *, driver: str = "postgresql+psycopg2", dbname: str | None = None) -> str:
+    def masked_url(self, *, driver: str | None = None, dbname: str | None = None) -> str:
         """The same URL with the password replaced by ``***``: safe for logs."""
         return self._url(driver, dbname, "verify-full").render_as_string(hide_password=True)
 
-    def _url(self, driver: str, dbname: str | None, sslmode: str) -> URL:
+    def _url(self, driver: str | None, dbname: str | None, sslmode: str) -> URL:
         return URL.create(
-            driver,
+            driver or default_driver(),
             username=self.user,
             password=self.password,
             host=self.host,
@@ -111,6 +114,11 @@ class PostgresServer:
                 " WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()"
             )
             return {int(pid): bool(ssl) for pid, ssl in cur.fetchall()}
+
+
+def default_driver() -> str:
+    """The SQLAlchemy driver tests use unless they name one: ``$DBFIX_TEST_DRIVER``."""
+    return os.environ.get("DBFIX_TEST_DRIVER") or "postgresql+psycopg2"
 
 
 def find_bindir() -> Path:

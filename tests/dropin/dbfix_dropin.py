@@ -20,7 +20,7 @@ from flask_uwsgi_dbfix import FlaskDBFix, registry
 ORDER = os.environ["DBFIX_DROPIN_ORDER"]
 _original_init_app = SQLAlchemy.init_app
 _dbfix = FlaskDBFix()
-_managed = {"apps": 0, "engines": 0}
+_managed = {"apps": 0, "apps_without_dbfix": 0, "engines": 0}
 
 
 def _add_dbfix(app: Flask) -> None:
@@ -35,6 +35,7 @@ def _init_app(self: SQLAlchemy, app: Flask) -> None:
     _original_init_app(self, app)
     if ORDER == "after":
         _add_dbfix(app)
+    _managed["apps_without_dbfix"] += "dbfix" not in app.extensions
     _managed["engines"] += sum(m.source == "flask-sqlalchemy" for m in registry.app_engines(app))
 
 
