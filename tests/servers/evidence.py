@@ -7,6 +7,7 @@ master's (or arbiter's, or main process's) own import-time backend is ``master_b
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -61,3 +62,16 @@ def gather(results: Iterable[dict[str, Any]], master_backend: int | None) -> Evi
             found.not_ssl += 1
     found.shared = {b: p for b, p in owners.items() if len(p) > 1}
     return found
+
+
+_DRIVER_ERROR = re.compile(r"\((?:psycopg2?|sqlalchemy)\.[\w.]+\) [^\n\\'\"]+")
+
+
+def driver_error(text: str) -> str:
+    """The driver's one-line message out of a task's or job's error text, else its first line
+    (a remote exception reaches the test as a repr or a whole traceback)."""
+    found = _DRIVER_ERROR.findall(text)
+    if found:
+        return str(found[-1]).strip()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"

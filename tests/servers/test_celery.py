@@ -19,7 +19,7 @@ from harness.process import ServerProcess
 from harness.redis import RedisServer
 
 from .conftest import FIX, NEEDS_ISSUE_7, ROOT, WARNING_NAME, app_env
-from .evidence import gather
+from .evidence import driver_error, gather
 
 TASKS = 120
 _queues = itertools.count(1)
@@ -46,7 +46,7 @@ def run_tasks(
             if r.state == "SUCCESS":
                 results.append(value)
             else:
-                errors.append(str(value).strip().splitlines()[0] if str(value) else r.state)
+                errors.append(driver_error(f"{value!r}") if value is not None else r.state)
         return results, errors
     finally:
         client.close()

@@ -79,7 +79,7 @@ def test_database_unreachable_the_error_is_the_apps_and_only_the_apps(
     """What holds today with the fix too: one traceback, the app's, ending in the driver's
     error; no message or log line of this package; no password."""
     log = unreachable_database_log(pg, tmp_path, fix)
-    assert "sqlalchemy.exc.OperationalError: (psycopg2.OperationalError) connection to " in log
+    assert re.search(r"sqlalchemy\.exc\.OperationalError: \(psycopg2?\.OperationalError\) ", log)
     assert "flask-uwsgi-dbfix" not in log  # no message, warning or log line of ours
     ours = [line for line in log.splitlines() if "flask_uwsgi_dbfix" in line]
     # At most the pid guard's pass-through frame (see GUARD_FRAME_BUG), never a raise of ours.
@@ -98,7 +98,7 @@ def unreachable_database_log(pg: PostgresServer, tmp_path: Path, fix: bool) -> s
         cwd=ROOT,
     )
     assert status != 0
-    assert f"port {closed_port} failed: Connection refused" in log
+    assert re.search(rf"port {closed_port} failed: Connection refused", log), log[-2000:]
     assert "no app loaded. GAME OVER" in log
     assert "spawned uWSGI worker" not in log
     assert pg.password not in log

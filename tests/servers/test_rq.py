@@ -18,7 +18,7 @@ from harness.redis import RedisServer
 from harness.rq import run_rq_burst
 
 from .conftest import FIX, NEEDS_ISSUE_7, ROOT, WARNING_NAME, app_env
-from .evidence import gather
+from .evidence import driver_error, gather
 
 JOBS = 60
 APP_WORKER = "tests.servers.apps.rq_worker.AppWorker"
@@ -66,18 +66,11 @@ def rq_run(
                     else:
                         result = job.latest_result() if job is not None else None
                         text = (result.exc_string or "") if result is not None else ""
-                        errors.append(_last_line(text) or "job not run")
+                        errors.append(driver_error(text) if text else "job not run")
             runs[key] = RqRun(results, errors, status, log_path.read_text(errors="replace"))
         return runs[key]
 
     return run
-
-
-def _last_line(text: str) -> str:
-    """The exception's own line of a traceback (SQLAlchemy appends a "Background" link)."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith("(Background")]
-    return lines[-1] if lines else ""
 
 
 @FIX
