@@ -28,8 +28,8 @@ class GunicornServer:
     def worker_pids(self) -> list[int]:
         return self.server.children()
 
-    def stop(self) -> None:
-        self.server.stop()
+    def stop(self, *, graceful: bool = True) -> None:
+        self.server.stop(graceful=graceful)
 
 
 def start_gunicorn(

@@ -40,10 +40,13 @@ class ServerProcess:
         """Direct children of the main process (workers, pool processes, work-horses)."""
         return _children(self.process.pid)
 
-    def stop(self, timeout: float = 15, sig: int = signal.SIGTERM) -> None:
-        """``sig`` to the main process, then SIGKILL to its group; idempotent."""
+    def stop(
+        self, timeout: float = 15, sig: int = signal.SIGTERM, *, graceful: bool = True
+    ) -> None:
+        """``sig`` to the main process, then SIGKILL to its group; idempotent.
+        ``graceful=False``: SIGKILL at once."""
         pgid = self.process.pid
-        if self.process.poll() is None:
+        if graceful and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(sig)
             with contextlib.suppress(subprocess.TimeoutExpired):

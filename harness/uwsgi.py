@@ -58,10 +58,13 @@ class UwsgiServer:
                         break
         return total
 
-    def stop(self, timeout: float = 15) -> None:
-        """SIGTERM the master (it runs with --die-on-term), then SIGKILL the group; idempotent."""
+    def stop(self, timeout: float = 15, *, graceful: bool = True) -> None:
+        """SIGTERM the master (it runs with --die-on-term), then SIGKILL the group; idempotent.
+
+        ``graceful=False`` skips the SIGTERM (uWSGI buries workers in whole seconds): for
+        tests that are done with the server and only need it gone."""
         pgid = self.process.pid
-        if self.process.poll() is None:
+        if graceful and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
             try:

@@ -77,7 +77,7 @@ def web(pg: PostgresServer, tmp_path: Path) -> Iterator[StartWeb]:
 
     yield start
     for server in started:
-        server.stop()
+        server.stop(graceful=False)  # done with it: no need to wait for a graceful exit
 
 
 StartGunicorn = Callable[..., GunicornServer]
@@ -102,4 +102,4 @@ def gunicorn(pg: PostgresServer, tmp_path: Path) -> Iterator[StartGunicorn]:
 
     yield start
     for server in started:
-        server.stop()
+        server.stop(graceful=False)  # done with it: no need to wait for a graceful exit

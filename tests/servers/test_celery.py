@@ -21,7 +21,7 @@ from harness.redis import RedisServer
 from .conftest import FIX, NEEDS_ISSUE_7, ROOT, WARNING_NAME, app_env
 from .evidence import driver_error, gather
 
-TASKS = 120
+TASKS = 100
 _queues = itertools.count(1)
 
 
@@ -91,7 +91,7 @@ def celery_run(
             try:
                 results, errors = run_tasks(redis, queue, TASKS)
             finally:
-                worker.stop()
+                worker.stop(graceful=False)
             runs[fix, max_tasks] = CeleryRun(results, errors, worker.log())
         return runs[fix, max_tasks]
 
