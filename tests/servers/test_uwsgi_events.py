@@ -107,11 +107,15 @@ def test_graceful_reload_under_load(
     print(f"\nreload by {trigger}, fix={fix}: during {loaded.failed} of {loaded.requests} "
           f"failed, after {after.failed} of {after.requests}; new workers: "
           f"{found_after.summary()}")  # fmt: skip
-    assert loaded.transport_failures == 0 and after.transport_failures == 0
+    # uWSGI itself may reset a connection a worker had accepted as it was stopped for the
+    # reload (seen: 1 in 300, fix or not): at most one per worker, never a database error.
+    assert loaded.transport_failures <= 2, loaded.failures
+    assert after.transport_failures == 0, after.failures
     if not fix:
         assert found_after.bug_shown, found_after.summary()
         return
-    assert loaded.failed == 0 and after.failed == 0, (loaded.failures, after.failures)
+    assert loaded.failed == loaded.transport_failures, loaded.failures
+    assert after.failed == 0, after.failures
     assert found_after.isolated, found_after.summary()
     assert evidence(server, loaded, after).errors == []
     assert len({r["import"] for r in after.ok}) == 1  # one new master connection
