@@ -43,8 +43,10 @@ def test_postgres_restart(
     restart_postgres(own_pg, mode="fast")
     first_after = run_load(server.base_url, "/query", total=100, concurrency=4, deadline=60)
     # 2. Restarted mid-load: requests during the outage fail (as HTTP 500s, none hangs).
-    during = in_background(
-        lambda: run_load(server.base_url, "/query", total=200, concurrency=4, deadline=60)
+    during = in_background(  # at least 1.5 s of load (300 x 20 ms / 4): the restart is inside
+        lambda: run_load(
+            server.base_url, "/query?sleep=0.02", total=300, concurrency=4, deadline=60
+        )
     )
     time.sleep(0.3)
     restart_postgres(own_pg, mode="fast")
@@ -56,7 +58,7 @@ def test_postgres_restart(
           f"({before.summary()}; server log: {server_log.count(SERVER_SAW_CORRUPTION)} "
           f"'{SERVER_SAW_CORRUPTION}'); idle restart: first 100 after "
           f"{first_after.failed} {dict(first_after.failures)}; restart mid-load: "
-          f"{outage.failed}/200 during, {later.failed}/100 after")  # fmt: skip
+          f"{outage.failed}/300 during, {later.failed}/100 after")  # fmt: skip
     for load in (warm, first_after, outage, later):
         assert load.transport_failures == 0, load.failures
     # No worker stays stuck: once the server is back, everything works.
