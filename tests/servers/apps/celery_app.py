@@ -3,7 +3,7 @@ database work at import: ``celery -A tests.servers.apps.celery_app:celery_app wo
 
 The main process imports this module (and opens a connection) before it forks the prefork
 pool, so every pool process inherits that connection. Environment: DATABASE_URL, REDIS_URL,
-DBFIX_FIX ("1": FlaskDBFix(app)).
+DBFIX_FIX ("1": FlaskDBFix(app)), WEB_* (Flask config, via from_prefixed_env).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def create_app() -> Flask:
             "broker_connection_retry_on_startup": True,
         },
     )
+    app.config.from_prefixed_env("WEB")  # e.g. WEB_DBFIX_PID_GUARD=false, as in web.py
     db.init_app(app)
     if os.environ.get("DBFIX_FIX", "0") == "1":
         FlaskDBFix(app)
