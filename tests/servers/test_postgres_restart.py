@@ -16,7 +16,7 @@ from harness.postgres import PostgresServer, postgres_server, restart_postgres
 
 from .conftest import FIX, StartWeb
 from .evidence import gather
-from .test_uwsgi_events import in_background, results
+from .helpers import in_background, results
 
 WORKERS = 2
 SERVER_SAW_CORRUPTION = "bad record mac"

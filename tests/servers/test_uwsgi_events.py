@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,38 +22,13 @@ from harness.uwsgi import UwsgiServer
 
 from .conftest import FIX, WARNING_NAME, StartWeb
 from .evidence import Evidence, gather
+from .helpers import in_background, results, wait_for
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def results(*loads: LoadResult) -> list[dict[str, Any]]:
-    """Every query result and every database error the loads saw, each with its pid."""
-    return [r for load in loads for r in load.ok + load.errors]
-
-
-def evidence(server: UwsgiServer, *loads: LoadResult) -> Evidence:
+def evidence(*loads: LoadResult) -> Evidence:
+    """Everything the loads saw, against the master's import-time backend they report."""
     master = next((r["import"] for load in loads for r in load.ok), None)
     return gather(results(*loads), master)
-
-
-def in_background(fn: Callable[[], LoadResult]) -> Callable[[], LoadResult]:
-    """Run ``fn`` in a thread; the returned function joins it (bounded) and gives its result."""
-    box: list[LoadResult] = []
-    thread = threading.Thread(target=lambda: box.append(fn()), daemon=True)
-    thread.start()
-
-    def join() -> LoadResult:
-        thread.join(180)
-        assert box, "background load did not finish"
-        return box[0]
-
-    return join
 
 
 def warnings_in(server: UwsgiServer) -> int:
@@ -117,7 +91,7 @@ def test_graceful_reload_under_load(
     assert loaded.failed == loaded.transport_failures, loaded.failures
     assert after.failed == 0, after.failures
     assert found_after.isolated, found_after.summary()
-    assert evidence(server, loaded, after).errors == []
+    assert evidence(loaded, after).errors == []
     assert len({r["import"] for r in after.ok}) == 1  # one new master connection
     assert warnings_in(server) == 2  # once per startup: the first one and the reload
     assert server.process.poll() is None  # the same master (re-executed in place)
@@ -145,7 +119,7 @@ def test_kill_9_of_workers_loses_only_their_requests_in_flight(
     loaded = during()
     after = run_load(server.base_url, "/query", total=150, concurrency=6, deadline=60)
     respawned = set(server.worker_pids()) - first
-    found = evidence(server, warm, loaded, after)
+    found = evidence(warm, loaded, after)
     on_respawned = gather(
         [r for r in results(loaded, after) if r["pid"] in respawned],
         next((r["import"] for r in warm.ok + after.ok), None),
@@ -171,7 +145,7 @@ def test_kill_9_of_workers_loses_only_their_requests_in_flight(
 def test_threads_with_more_concurrency_than_workers(web: StartWeb, fix: bool) -> None:
     server = web(fix=fix, processes=2, options=("--threads", "4"))
     loaded = run_load(server.base_url, "/query", total=300, concurrency=16, deadline=90)
-    found = evidence(server, loaded)
+    found = evidence(loaded)
     print(f"\n--threads 4, fix={fix}: {loaded.failed} of {loaded.requests} failed; "
           f"{found.summary()}")  # fmt: skip
     assert loaded.transport_failures == 0
@@ -192,7 +166,7 @@ def test_cheaper_workers_forked_long_after_startup(web: StartWeb, fix: bool) -> 
     server = web(fix=fix, processes=4, options=options, ready_workers=1)
     started = set(server.worker_pids())
     loaded = run_load(server.base_url, "/query?sleep=0.05", total=300, concurrency=8, deadline=90)
-    found = evidence(server, loaded)
+    found = evidence(loaded)
     late = {r["pid"] for r in results(loaded)} - started
     print(f"\ncheaper, fix={fix}: {loaded.failed} of {loaded.requests} failed, "
           f"{len(late)} workers forked under load; {found.summary()}")  # fmt: skip
@@ -264,7 +238,7 @@ def test_harakiri_kills_a_request_stuck_on_the_database(web: StartWeb, fix: bool
     stuck_result = stuck()
     after = run_load(server.base_url, "/query", total=150, concurrency=4, deadline=60)
     respawned = set(server.worker_pids()) - first
-    found = evidence(server, warm, after)
+    found = evidence(warm, after)
     on_respawned = gather(
         [r for r in results(after) if r["pid"] in respawned],
         next((r["import"] for r in warm.ok + after.ok), None),
