@@ -25,6 +25,11 @@ class LoadResult:
     ok: list[dict[str, Any]] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    """JSON bodies of the HTTP error responses (the app's error handler says which process)."""
+    transport_failures: int = 0
+    """Failures without any HTTP response: connection refused/reset, timeout (e.g. a killed
+    worker's requests in flight). Also counted in ``failures``."""
 
     @property
     def failed(self) -> int:
@@ -64,18 +69,26 @@ def get_json(base_url: str, path: str, timeout: float = 10.0) -> tuple[int, Any]
 
 def _one(host: str, port: int, path: str, timeout: float) -> tuple[dict[str, Any] | None, str]:
     """(JSON body, "") for a 200 with a JSON object, else (None, failure message)."""
+    data, error, _body, _transport = _one_detailed(host, port, path, timeout)
+    return data, error
+
+
+def _one_detailed(
+    host: str, port: int, path: str, timeout: float
+) -> tuple[dict[str, Any] | None, str, dict[str, Any] | None, bool]:
+    """Like _one, plus the error response's JSON body and whether no response came at all."""
     try:
         status, body = _request(host, port, path, timeout)
     except Exception as e:  # every transport error is a counted failure, never a crash
-        return None, str(e) or type(e).__name__
+        return None, str(e) or type(e).__name__, None, True
     data = _decode(body)
     if status == 200:
         if isinstance(data, dict):
-            return data, ""
-        return None, "HTTP 200 without a JSON object"
+            return data, "", None, False
+        return None, "HTTP 200 without a JSON object", None, False
     if isinstance(data, dict) and "error" in data:
-        return None, str(data["error"])
-    return None, f"HTTP {status}"
+        return None, str(data["error"]), data, False
+    return None, f"HTTP {status}", None, False
 
 
 def run_load(
@@ -104,12 +117,15 @@ def run_load(
                 if next_index >= total or time.monotonic() - started > deadline:
                     return
                 next_index += 1
-            data, error = _one(host, port, path, timeout)
+            data, error, body, transport = _one_detailed(host, port, path, timeout)
             with lock:
                 if data is not None:
                     result.ok.append(data)
                 else:
                     result.failures[error] += 1
+                    result.transport_failures += transport
+                    if body is not None:
+                        result.errors.append(body)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for future in [pool.submit(worker) for _ in range(max(1, concurrency))]:

@@ -392,6 +392,34 @@ def _stop(root: Path, bindir: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def restart_postgres(server: PostgresServer, *, mode: str = "fast") -> None:
+    """Restart the server in place (same port, data and certs), as a deploy or failover does.
+
+    ``mode`` is pg_ctl's shutdown mode: ``fast`` ends every session at once (clients see
+    their connection closed), ``immediate`` is a crash. pg_ctl reuses the options of the last
+    start (postmaster.opts). Raises if the server does not come back within 30 s.
+    """
+    owner = server.datadir.stat().st_uid
+    account = pwd.getpwuid(owner) if os.geteuid() == 0 and owner != 0 else None
+    done = _run_as(
+        account,
+        [
+            str(server.bindir / "pg_ctl"),
+            "-D", str(server.datadir),
+            "-l", str(server.log_path),
+            "-m", mode,
+            "-w", "-t", "30",
+            "restart",
+        ],  # fmt: skip
+        server.root,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"PostgreSQL restart failed ({done.returncode}):\n{done.stdout}{done.stderr}\n"
+            f"--- server log tail ---\n{_log_tail(server.log_path)}"
+        )
+
+
 def stop_postgres(server: PostgresServer) -> None:
     """Stop the server and delete its dir; idempotent, never raises."""
     try:

@@ -58,10 +58,13 @@ class UwsgiServer:
                         break
         return total
 
-    def stop(self, timeout: float = 15) -> None:
-        """SIGTERM the master (it runs with --die-on-term), then SIGKILL the group; idempotent."""
+    def stop(self, timeout: float = 15, *, graceful: bool = True) -> None:
+        """SIGTERM the master (it runs with --die-on-term), then SIGKILL the group; idempotent.
+
+        ``graceful=False`` skips the SIGTERM (uWSGI buries workers in whole seconds): for
+        tests that are done with the server and only need it gone."""
         pgid = self.process.pid
-        if self.process.poll() is None:
+        if graceful and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
             try:
@@ -222,3 +225,35 @@ def running_uwsgi(args: list[str], **kw: Any) -> Iterator[UwsgiServer]:
         yield server
     finally:
         server.stop()
+
+
+def run_uwsgi_to_exit(
+    args: list[str],
+    *,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+) -> tuple[int, str]:
+    """Run a uWSGI that is expected to exit by itself (e.g. ``--need-app`` with an app that
+    fails to load); (exit status, log). Killed with its group after ``timeout`` seconds,
+    which raises TimeoutExpired."""
+    cmd = [uwsgi_command(), *args, "--http-socket", f"127.0.0.1:{_free_port()}"]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+    try:
+        status = process.wait(timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)
+    return status, log_path.read_bytes().decode(errors="replace")

@@ -18,12 +18,16 @@ import pytest
 from harness.load import NOT_SENT, get_json, run_load
 from harness.postgres import (
     PostgresServer,
+    _postmaster_pid,
     postgres_server,
     process_alive,
+    restart_postgres,
     start_postgres,
     stop_postgres,
 )
-from harness.uwsgi import group_pids, start_uwsgi
+from harness.process import start_process
+from harness.redis import redis_server
+from harness.uwsgi import group_pids, run_uwsgi_to_exit, start_uwsgi
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,6 +160,8 @@ def test_uwsgi_workers_serve_load_and_stop_cleanly(app_dir: Path) -> None:
         assert {body["pid"] for body in result.ok} <= set(workers)
         missing = run_load(server.base_url, "/missing", total=3, concurrency=2)
         assert missing.failures == Counter({"no such route": 3})
+        assert missing.errors == [{"error": "no such route"}] * 3
+        assert missing.transport_failures == 0
     finally:
         server.stop()
     assert server.process.returncode is not None
@@ -181,6 +187,7 @@ def test_load_counts_every_failure_without_raising() -> None:
     refused = run_load("http://127.0.0.1:9", "/", total=5, concurrency=2, timeout=2)
     assert refused.requests == 5 and refused.ok == []
     assert refused.failed == 5
+    assert refused.transport_failures == 5 and refused.errors == []
     late = run_load("http://127.0.0.1:9", "/", total=7, concurrency=2, deadline=-1)
     assert late.failures == Counter({NOT_SENT: 7})
     with pytest.raises(ValueError):
@@ -198,3 +205,66 @@ def test_child_process_does_not_stop_server(pg: PostgresServer) -> None:
     os.waitpid(pid, 0)
     conn = psycopg2.connect(pg.url(driver="postgresql"))
     conn.close()
+
+
+def test_postgres_restart_keeps_port_data_and_password() -> None:
+    server = start_postgres()
+    try:
+        conn = psycopg2.connect(server.url(driver="postgresql"))
+        before = _postmaster_pid(server.datadir)
+        restart_postgres(server)
+        with pytest.raises(psycopg2.OperationalError):  # its session ended with the restart
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        conn.close()
+        assert _postmaster_pid(server.datadir) != before
+        again = psycopg2.connect(server.url(driver="postgresql"))
+        with again.cursor() as cur:
+            cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            assert cur.fetchone() == (True,)
+        again.close()
+    finally:
+        stop_postgres(server)
+
+
+def test_redis_starts_answers_and_stops_by_pid() -> None:
+    with redis_server() as redis:
+        assert redis.command("PING").startswith(b"+PONG")
+        assert redis.url().startswith(f"redis://127.0.0.1:{redis.port}/")
+        pid = redis.server.pid
+    assert not process_alive(pid)
+    assert not redis.root.exists()
+
+
+def test_server_process_stop_kills_everything_it_forked(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import os, time
+        if os.fork() == 0:
+            time.sleep(60)
+        print("up", flush=True)
+        time.sleep(60)
+        """
+    )
+    server = start_process(
+        [sys.executable, "-c", script],
+        log_path=tmp_path / "log",
+        ready=lambda s: "up" in s.log() and len(s.children()) == 1,
+        timeout=20,
+    )
+    child = server.children()[0]
+    server.stop(graceful=False)
+    assert group_pids(server.pid) == []
+    assert not process_alive(child)
+
+
+def test_uwsgi_that_exits_by_itself_gives_status_and_log(app_dir: Path) -> None:
+    (app_dir / "broken.py").write_text("raise RuntimeError('boom at import')\n")
+    status, log = run_uwsgi_to_exit(
+        ["--master", "--processes", "1", "--wsgi-file", "broken.py", "--need-app"],
+        log_path=app_dir / "uwsgi.log",
+        cwd=app_dir,
+        timeout=30,
+    )
+    assert status != 0
+    assert "boom at import" in log

@@ -1,0 +1,122 @@
+"""One background server process, for any server the tests start (gunicorn, Celery, Redis...).
+
+Each process runs in its own session (process group) with its output in one log file, so a
+test can read what it printed and stop it, and everything it forked, by its own pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .uwsgi import _children, group_pids
+
+
+@dataclass
+class ServerProcess:
+    """A started command; ``process.pid`` is also its process group id."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    ready_seconds: float = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_bytes().decode(errors="replace")
+
+    def children(self) -> list[int]:
+        """Direct children of the main process (workers, pool processes, work-horses)."""
+        return _children(self.process.pid)
+
+    def stop(
+        self, timeout: float = 15, sig: int = signal.SIGTERM, *, graceful: bool = True
+    ) -> None:
+        """``sig`` to the main process, then SIGKILL to its group; idempotent.
+        ``graceful=False``: SIGKILL at once."""
+        pgid = self.process.pid
+        if graceful and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+        deadline = time.monotonic() + 5
+        while group_pids(pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def venv_command(name: str) -> str:
+    """The console script ``name`` next to this interpreter, so it runs in this environment."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: run scripts/setup.sh")
+    return found
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_process(
+    cmd: list[str],
+    *,
+    log_path: Path,
+    ready: Callable[[ServerProcess], bool],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+) -> ServerProcess:
+    """Start ``cmd`` and poll ``ready`` until it says True; on failure stop it and raise with
+    the log's tail. ``env`` is merged over os.environ."""
+    started = time.monotonic()
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+    server = ServerProcess(process, log_path)
+    try:
+        while not ready(server):
+            if process.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited with {process.returncode}")
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"{cmd[0]} not ready after {timeout:.0f}s")
+            time.sleep(0.05)
+    except BaseException as e:
+        server.stop()
+        if not isinstance(e, Exception):
+            raise
+        raise RuntimeError(
+            f"{e}\ncommand: {' '.join(cmd)}\n--- log tail ({log_path}) ---\n{tail(server.log())}"
+        ) from e
+    server.ready_seconds = time.monotonic() - started
+    return server

@@ -1,0 +1,105 @@
+"""Fixtures for the server and event tests: one Redis per session (next to the session's
+PostgreSQL), and factories that start the shared test app under real servers and stop every
+one of them at teardown."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.gunicorn import GunicornServer, start_gunicorn
+from harness.postgres import PostgresServer
+from harness.redis import RedisServer, redis_server
+from harness.uwsgi import UwsgiServer, start_uwsgi
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB_MODULE = "tests.servers.apps.web"
+WARNING_NAME = "PreForkConnectionWarning"
+FIX = pytest.mark.parametrize("fix", [False, True], ids=["nofix", "fix"])
+"""Every server/event test runs without the fix (it must show the bug) and with it."""
+NEEDS_ISSUE_7 = "needs issue 7 before-fork warning"
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """Debian's redis-server on a free port, no persistence, for Celery and RQ."""
+    with redis_server() as server:
+        yield server
+
+
+def app_env(pg: PostgresServer, fix: bool, **extra: str) -> dict[str, str]:
+    return {"DATABASE_URL": pg.url(), "DBFIX_FIX": "1" if fix else "0", **extra}
+
+
+StartWeb = Callable[..., UwsgiServer]
+
+
+@pytest.fixture
+def web(pg: PostgresServer, tmp_path: Path) -> Iterator[StartWeb]:
+    """Serves ``tests/servers/apps/web.py`` under a real uWSGI master."""
+    started: list[UwsgiServer] = []
+
+    def start(
+        *,
+        fix: bool,
+        processes: int = 2,
+        options: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        ready_workers: int | None = None,
+    ) -> UwsgiServer:
+        args = [
+            "--master",
+            "--processes", str(processes),
+            "--chdir", str(ROOT),
+            "--pythonpath", str(ROOT),
+            "--module", f"{WEB_MODULE}:app",
+            "--need-app",
+            "--disable-logging",
+            # pyuwsgi's master re-executes the interpreter on reload: without this it runs
+            # the base Python, outside the virtualenv, and cannot import pyuwsgi.
+            "--binary-path", sys.executable,
+            *options,
+        ]  # fmt: skip
+        log_dir = tmp_path / f"uwsgi-{len(started)}"
+        log_dir.mkdir()
+        server = start_uwsgi(
+            args,
+            env=app_env(pg, fix, **(env or {})),
+            cwd=ROOT,
+            processes=processes if ready_workers is None else ready_workers,
+            log_dir=log_dir,
+        )
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(graceful=False)  # done with it: no need to wait for a graceful exit
+
+
+StartGunicorn = Callable[..., GunicornServer]
+
+
+@pytest.fixture
+def gunicorn(pg: PostgresServer, tmp_path: Path) -> Iterator[StartGunicorn]:
+    """Serves the same app under a real gunicorn arbiter with ``--preload``."""
+    started: list[GunicornServer] = []
+
+    def start(*, fix: bool, workers: int = 4, args: tuple[str, ...] = ()) -> GunicornServer:
+        server = start_gunicorn(
+            f"{WEB_MODULE}:app",
+            ["--preload", *args],
+            workers=workers,
+            log_dir=tmp_path,
+            env=app_env(pg, fix),
+            cwd=ROOT,
+        )
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(graceful=False)  # done with it: no need to wait for a graceful exit
