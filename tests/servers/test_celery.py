@@ -18,7 +18,7 @@ from harness.postgres import PostgresServer
 from harness.process import ServerProcess
 from harness.redis import RedisServer
 
-from .conftest import FIX, NEEDS_ISSUE_7, ROOT, WARNING_NAME, app_env
+from .conftest import FIX, KEEP_MASTER_CONNECTIONS, ROOT, WARNING_NAME, app_env
 from .evidence import driver_error, gather
 
 TASKS = 100
@@ -53,14 +53,19 @@ def run_tasks(
 
 
 def start_worker(
-    pg: PostgresServer, redis: RedisServer, tmp_path: Path, fix: bool, *args: str
+    pg: PostgresServer,
+    redis: RedisServer,
+    tmp_path: Path,
+    fix: bool,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[ServerProcess, str]:
     queue = f"q{next(_queues)}"
     worker = start_celery_worker(
         "tests.servers.apps.celery_app:celery_app",
         ["--pool", "prefork", "--concurrency", "4", "--queues", queue, *args],
         log_dir=tmp_path,
-        env=app_env(pg, fix, REDIS_URL=redis.url()),
+        env=app_env(pg, fix, REDIS_URL=redis.url(), **(env or {})),
         cwd=ROOT,
     )
     return worker, queue
@@ -73,7 +78,7 @@ class CeleryRun:
     log: str
 
 
-RunCelery = Callable[[bool, "int | None"], CeleryRun]
+RunCelery = Callable[..., CeleryRun]
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +86,21 @@ def celery_run(
     pg: PostgresServer, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> RunCelery:
     """One worker run per (fix, max-tasks-per-child), shared by the tests that read it."""
-    runs: dict[tuple[bool, int | None], CeleryRun] = {}
+    runs: dict[tuple[bool, int | None, bool], CeleryRun] = {}
 
-    def run(fix: bool, max_tasks: int | None) -> CeleryRun:
-        if (fix, max_tasks) not in runs:
+    def run(fix: bool, max_tasks: int | None, keep: bool = False) -> CeleryRun:
+        """``keep``: the main process keeps its idle connections (switch off)."""
+        if (fix, max_tasks, keep) not in runs:
             extra = ("--max-tasks-per-child", str(max_tasks)) if max_tasks else ()
             tmp = tmp_path_factory.mktemp("celery")
-            worker, queue = start_worker(pg, redis, tmp, fix, *extra)
+            env = KEEP_MASTER_CONNECTIONS if keep else None
+            worker, queue = start_worker(pg, redis, tmp, fix, *extra, env=env)
             try:
                 results, errors = run_tasks(redis, queue, TASKS)
             finally:
                 worker.stop(graceful=False)
-            runs[fix, max_tasks] = CeleryRun(results, errors, worker.log())
-        return runs[fix, max_tasks]
+            runs[fix, max_tasks, keep] = CeleryRun(results, errors, worker.log())
+        return runs[fix, max_tasks, keep]
 
     return run
 
@@ -117,7 +124,13 @@ def test_celery_prefork_children_each_get_their_own_backend(
     assert len(found.pids) >= (8 if max_tasks else 2)  # children forked again and again
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_ISSUE_7)
-def test_celery_warns_once_per_startup(celery_run: RunCelery) -> None:
-    log = celery_run(True, 5).log
-    assert log.count(WARNING_NAME) == 1, log
+@pytest.mark.parametrize("keep", [False, True], ids=["master-closes", "master-keeps"])
+def test_celery_warns_once_per_startup_about_what_children_inherit(
+    celery_run: RunCelery, keep: bool
+) -> None:
+    """Children are forked again and again (max-tasks-per-child): the main process closes
+    its idle connections before each fork (no warning), or, with the switch off, warns
+    once for all of them."""
+    run = celery_run(True, 5, keep)
+    assert run.errors == []
+    assert run.log.count(WARNING_NAME) == (1 if keep else 0), run.log

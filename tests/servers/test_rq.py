@@ -17,7 +17,7 @@ from harness.postgres import PostgresServer
 from harness.redis import RedisServer
 from harness.rq import run_rq_burst
 
-from .conftest import FIX, NEEDS_ISSUE_7, ROOT, WARNING_NAME, app_env
+from .conftest import FIX, KEEP_MASTER_CONNECTIONS, ROOT, WARNING_NAME, app_env
 from .evidence import driver_error, gather
 
 JOBS = 60
@@ -41,10 +41,11 @@ def rq_run(
     pg: PostgresServer, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> RunRq:
     """Enqueue jobs, run ``rq worker --burst`` until the queue is empty; shared per setup."""
-    runs: dict[tuple[bool, str | None, int], RqRun] = {}
+    runs: dict[tuple[bool, str | None, int, bool], RqRun] = {}
 
-    def run(*, fix: bool, worker_class: str | None, jobs: int = JOBS) -> RqRun:
-        key = (fix, worker_class, jobs)
+    def run(*, fix: bool, worker_class: str | None, jobs: int = JOBS, keep: bool = False) -> RqRun:
+        """``keep``: the worker keeps its idle connections when it forks (switch off)."""
+        key = (fix, worker_class, jobs, keep)
         if key not in runs:
             name = f"rq{next(_queues)}"
             with Redis.from_url(redis.url()) as conn:
@@ -56,7 +57,7 @@ def rq_run(
                     name,
                     log_path=log_path,
                     worker_class=worker_class,
-                    env=app_env(pg, fix),
+                    env=app_env(pg, fix, **(KEEP_MASTER_CONNECTIONS if keep else {})),
                     cwd=ROOT,
                 )
                 results, errors = [], []
@@ -101,7 +102,12 @@ def test_plain_rq_worker_inherits_nothing_even_without_the_fix(rq_run: RunRq) ->
     assert len({r["import"] for r in run.results}) == 3
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_ISSUE_7)
-def test_rq_worker_warns_once_per_startup(rq_run: RunRq) -> None:
-    log = rq_run(fix=True, worker_class=APP_WORKER).log
-    assert log.count(WARNING_NAME) == 1, log[-3000:]
+@pytest.mark.parametrize("keep", [False, True], ids=["worker-closes", "worker-keeps"])
+def test_rq_worker_warns_once_per_startup_about_what_work_horses_inherit(
+    rq_run: RunRq, keep: bool
+) -> None:
+    """A work-horse is forked per job: the worker closes its idle connections before each
+    fork (no warning), or, with the switch off, warns once for all of them."""
+    run = rq_run(fix=True, worker_class=APP_WORKER, keep=keep)
+    assert run.errors == []
+    assert run.log.count(WARNING_NAME) == (1 if keep else 0), run.log[-3000:]
