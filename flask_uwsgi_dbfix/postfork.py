@@ -10,9 +10,11 @@ the uWSGI master only with ``py-call-uwsgi-fork-hooks``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from . import registry, tracking
@@ -32,6 +34,7 @@ _installed = False
 _uwsgi_hook = "not installed"
 _startup_token: _StartupToken | None = None
 _inherited: list[InheritedConnections] = []
+_probing = False
 _parent_warned = False
 _reported_by_parent = False
 """Set by the before-fork hook; the child reads its copy: the parent spoke for it."""
@@ -111,6 +114,19 @@ def _on_os_fork() -> None:
         )
 
 
+@contextlib.contextmanager
+def probe_fork() -> Iterator[None]:
+    """Around a fork made to look rather than to serve (``assert_fork_safe``): the
+    before-fork hook then neither closes nor warns, so the parent stays exactly as it was
+    and the child sees what a worker of a master that keeps its connections would."""
+    global _probing
+    _probing = True
+    try:
+        yield
+    finally:
+        _probing = False
+
+
 def before_fork() -> None:
     """``os.register_at_fork(before=...)``: in the process that set the engines up (not,
     e.g., a worker forking its own children), close their idle pooled connections, and
@@ -118,7 +134,7 @@ def before_fork() -> None:
     (``DBFIX_CLOSE_BEFORE_FORK`` off) close. Never raises."""
     global _reported_by_parent
     _reported_by_parent = False
-    if _in_uwsgi_worker():
+    if _probing or _in_uwsgi_worker():
         return  # lazy-apps: a worker loaded the app and forks its own children
     # Another thread may hold the registry's lock (it may even wait for this fork): give
     # up closing rather than hang the fork; the children still forget what they inherit.

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnectionRecord
 
-from . import registry, tracking
+from . import postfork, registry, tracking
 
 __all__ = ["EngineCheck", "ForkCheck", "assert_fork_safe"]
 
@@ -317,7 +317,9 @@ _UNKNOWN_ORIGIN = (
 def _fork_and_ask(targets: list[_Target], parent_connections: list[Any]) -> list[str]:
     """Fork; the child answers one verdict per target over a pipe."""
     read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():
+    # The extension's before-fork hook would close the parent's idle connections (and
+    # maybe warn): this fork only looks, so the parent stays as the caller built it.
+    with warnings.catch_warnings(), postfork.probe_fork():
         warnings.filterwarnings("ignore", _FORK_WARNING, DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: never return into the caller

@@ -142,6 +142,20 @@ def test_strict_fails_even_the_safe_app_on_its_prefork_connection(
     )
 
 
+def test_the_check_leaves_the_parents_pool_as_it_was(build: Callable[..., Built]) -> None:
+    """Its fork only looks: the extension's before-fork hook must not close the caller's
+    idle connections (DBFIX_CLOSE_BEFORE_FORK is on by default), so the verdict does not
+    depend on how often or in which order it is called."""
+    app, _ = build(fix=True)
+    pool = engine_of(app).pool
+    idle = pool.checkedin()  # type: ignore[attr-defined]
+    assert idle == 1
+    for _ in range(2):
+        with pytest.raises(AssertionError, match=r"1 connection\(s\) open before the fork"):
+            assert_fork_safe(app, strict=True)
+        assert pool.checkedin() == idle  # type: ignore[attr-defined]
+
+
 def test_strict_passes_an_app_that_disposes_after_its_startup_work(
     build: Callable[..., Built],
 ) -> None:
