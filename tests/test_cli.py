@@ -745,6 +745,19 @@ def test_real_flask_command_finds_the_import_time_query(pg: Any, tmp_path: Path)
         assert pg.password not in output
 
 
+def test_real_flask_command_checks_an_app_that_has_not_adopted_the_extension(
+    pg: Any, tmp_path: Path
+) -> None:
+    """``flask dbfix check`` is a Flask CLI plugin (entry point): it diagnoses an app before
+    FlaskDBFix is added, which is when it is most needed."""
+    path = ini(tmp_path, GOOD_INI + "module = tests.cli_apps.import_query_app:app\n")
+    result = flask_check(pg.url(), "--ini", str(path), DBFIX_INIT="0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ERROR    fix-disabled" in result.stdout
+    assert "FlaskDBFix is not initialised on this app" in " ".join(result.stdout.split())
+    assert "ERROR    prefork-connection" in result.stdout
+
+
 def test_real_flask_command_passes_a_clean_app(pg: Any, tmp_path: Path) -> None:
     path = ini(tmp_path, GOOD_INI + "module = tests.cli_apps.import_query_app:app\n")
     result = flask_check(pg.url(), "--ini", str(path), "--strict", IMPORT_QUERY="0")

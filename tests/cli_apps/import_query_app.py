@@ -2,7 +2,8 @@
 
 ``flask --app tests.cli_apps.import_query_app dbfix check`` runs against it in a real
 subprocess. Environment: ``DATABASE_URL`` (required); ``IMPORT_QUERY=0`` for a clean app;
-``DBFIX_ENABLED=false`` to switch the fix off.
+``DBFIX_ENABLED=false`` to switch the fix off; ``DBFIX_INIT=0`` for an app that has not
+adopted the extension at all (``flask dbfix check`` still exists: an entry point).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
 app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False  # Flask-SQLAlchemy 2.x warns if unset
 app.config["DBFIX_ENABLED"] = os.environ.get("DBFIX_ENABLED", "true")  # the off switch
 db = SQLAlchemy(app)
-FlaskDBFix(app)
+if os.environ.get("DBFIX_INIT", "1") == "1":
+    FlaskDBFix(app)
 
 if os.environ.get("IMPORT_QUERY", "1") == "1":
     with app.app_context():
