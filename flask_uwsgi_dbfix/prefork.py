@@ -65,10 +65,12 @@ def _describe(found: list[InheritedConnections], lines: list[str], state: bool =
         held = f", {f.checked_out} checked out at fork time" if f.checked_out and state else ""
         lines.append(f"  engine {f.name!r} ({f.url}): {len(f.connections)} connection(s){held}")
         origins = Counter(
-            str(c.origin) if c.origin else "(opened before flask_uwsgi_dbfix was imported)"
+            str(c.origin) if c.origin else "an unknown place (opened before flask_uwsgi_dbfix "
+            "was imported)"
             for c in f.connections
         )
-        for origin, count in origins.most_common():
+        # Most first, then by place: the same text on every run (pools have no order).
+        for origin, count in sorted(origins.items(), key=lambda item: (-item[1], item[0])):
             times = f" ({count}x)" if count > 1 else ""
             lines.append(f"    opened at {origin}{times}")
 
