@@ -8,11 +8,13 @@ import os
 import subprocess
 from typing import Any
 
+import pytest
+
 from harness.load import run_load
 from harness.postgres import PostgresServer
 from harness.process import venv_command
 
-from .conftest import FIX, ROOT, StartWeb, app_env
+from .conftest import FIX, KEEP_MASTER_CONNECTIONS, ROOT, StartWeb, app_env
 
 
 def forks_evidence(runs: list[dict[str, Any]]) -> tuple[list[str], int, int]:
@@ -52,12 +54,17 @@ def test_fork_from_inside_a_request(web: StartWeb, fix: bool) -> None:
     assert (errors, shared, moved) == ([], 0, 0)  # and the worker kept its own connection
 
 
-@FIX
-def test_fork_from_a_cli_command(pg: PostgresServer, fix: bool) -> None:
+@pytest.mark.parametrize("mode", ["nofix", "fix", "fix-keep"])
+def test_fork_from_a_cli_command(pg: PostgresServer, mode: str) -> None:
+    """The CLI process loaded the app: with the fix it closes its idle connection before
+    forking (a new backend after), or with DBFIX_CLOSE_BEFORE_FORK off keeps it, and the
+    children, which forgot their copy, leave it working (the same backend after)."""
+    fix = mode != "nofix"
+    env = app_env(pg, fix, **(KEEP_MASTER_CONNECTIONS if mode == "fix-keep" else {}))
     done = subprocess.run(
         [venv_command("flask"), "--app", "tests.servers.apps.web", "fork-children", "-n", "4"],
         cwd=ROOT,
-        env={**os.environ, **app_env(pg, fix)},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -65,11 +72,11 @@ def test_fork_from_a_cli_command(pg: PostgresServer, fix: bool) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads(done.stdout.strip().splitlines()[-1])
     errors, shared, moved = forks_evidence([run])
-    print(f"\nmultiprocessing in a CLI command, fix={fix}: {len(errors)} errors "
+    print(f"\nmultiprocessing in a CLI command, {mode}: {len(errors)} errors "
           f"{errors[:3]}, {shared} of 4 children on the parent's backend")  # fmt: skip
     if not fix:
         assert errors or shared, run
         return
-    assert (errors, shared, moved) == ([], 0, 0), run
+    assert (errors, shared, moved) == ([], 0, 0 if mode == "fix-keep" else 1), run
     backends = {c["backend"] for c in run["children"]} | {run["before"]["backend"]}
     assert len(backends) == 5  # the parent and each child its own
