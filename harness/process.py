@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .spawn import spawn_logged
 from .uwsgi import _children, group_pids
 
 
@@ -93,16 +94,7 @@ def start_process(
     """Start ``cmd`` and poll ``ready`` until it says True; on failure stop it and raise with
     the log's tail. ``env`` is merged over os.environ."""
     started = time.monotonic()
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            start_new_session=True,
-        )
+    process = spawn_logged(cmd, log_path, env=env, cwd=cwd)
     server = ServerProcess(process, log_path)
     try:
         while not ready(server):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 from .process import venv_command
+from .spawn import spawn_logged
 
 
 def run_rq_burst(
@@ -27,19 +27,10 @@ def run_rq_burst(
     if worker_class:
         cmd += ["--worker-class", worker_class]
     cmd.append(queue)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            start_new_session=True,
-        )
-        try:
-            return process.wait(timeout)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
+    process = spawn_logged(cmd, log_path, env=env, cwd=cwd)
+    try:
+        return process.wait(timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)

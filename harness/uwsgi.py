@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .spawn import spawn_logged
+
 _SPAWNED = re.compile(r"spawned uWSGI worker (\d+)")
 
 
@@ -183,18 +185,8 @@ def start_uwsgi(
     cmd.append("--die-on-term")
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="dbfix-uwsgi-"))
     log_path = log_dir / f"uwsgi-{port}.log"
-    full_env = {**os.environ, **(env or {})}
     started = time.monotonic()
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+    process = spawn_logged(cmd, log_path, env=env, cwd=cwd)
     server = UwsgiServer(process=process, port=port, log_path=log_path, ready_seconds=0.0)
     try:
         while True:
@@ -239,16 +231,7 @@ def run_uwsgi_to_exit(
     fails to load); (exit status, log). Killed with its group after ``timeout`` seconds,
     which raises TimeoutExpired."""
     cmd = [uwsgi_command(), *args, "--http-socket", f"127.0.0.1:{_free_port()}"]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            start_new_session=True,
-        )
+    process = spawn_logged(cmd, log_path, env=env, cwd=cwd)
     try:
         status = process.wait(timeout)
     finally:
