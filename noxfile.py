@@ -51,11 +51,12 @@ LOCKED_SQLALCHEMY = {"2.0": "2.0.58", "2.1": "2.1.9"}
 DRIVERS = {"psycopg2": "postgresql+psycopg2", "psycopg": "postgresql+psycopg"}
 
 # (python, sqlalchemy, driver): with the locked full-suite leg that .ci/run runs first
-# (3.11, SQLAlchemy 2.1, psycopg2), every pair of the three dimensions appears at least once.
+# (3.11, SQLAlchemy 2.1, psycopg2) and the wheel leg (3.11, SQLAlchemy 2.0, psycopg), every
+# pair of the three dimensions appears at least once.
+WHEEL_LEG = ("3.11", "2.0", "psycopg")
 FORK_LEGS = [
     ("3.10", "2.0", "psycopg2"),
     ("3.10", "2.0", "psycopg"),
-    ("3.11", "2.0", "psycopg"),
     ("3.12", "2.0", "psycopg2"),
     ("3.12", "2.1", "psycopg"),
     ("3.13", "2.0", "psycopg"),
@@ -119,10 +120,12 @@ def legacy(session: nox.Session) -> None:
     _pytest(session, "legacy", *FORK_TESTS, "tests/test_cli.py")
 
 
-@nox.session(python="3.11")
+@nox.session(python=WHEEL_LEG[0])
 def wheel(session: nox.Session) -> None:
     """Build the sdist and wheel, check them, and run the fork tests against the installed
-    wheel from the unpacked sdist's tests, with no source package anywhere on sys.path."""
+    wheel from the unpacked sdist's tests, with no source package anywhere on sys.path.
+    It is also the matrix's cell WHEEL_LEG (Python x SQLAlchemy x driver)."""
+    _, sqlalchemy, driver = WHEEL_LEG
     dist = Path(tempfile.mkdtemp(prefix="dbfix-dist-"))
     work = Path(tempfile.mkdtemp(prefix="dbfix-wheeltest-"))
     try:
@@ -142,6 +145,7 @@ def wheel(session: nox.Session) -> None:
             "--no-hashes", "--quiet", "--project", str(ROOT), "--output-file", str(locked),
         )  # fmt: skip
         session.install(f"{wheel_file}[test]", "-c", str(locked))
+        session.run_install("uv", "pip", "install", f"SQLAlchemy=={LOCKED_SQLALCHEMY[sqlalchemy]}")
         session.chdir(unpacked)
         session.run(
             "python", "-c",
@@ -150,11 +154,13 @@ def wheel(session: nox.Session) -> None:
         )  # fmt: skip
         shutil.copy(ROOT / "scripts" / "matrix_report.py", unpacked / "matrix_report.py")
         MATRIX_DIR.mkdir(exist_ok=True)
-        versions = MATRIX_DIR / "wheel.versions.json"
+        leg = "wheel-" + _fork_leg_id(*WHEEL_LEG).removeprefix("fork-")
+        versions = MATRIX_DIR / f"{leg}.versions.json"
         session.run("python", "matrix_report.py", "versions", str(versions))
         session.run(
             "python", "-m", "pytest", "-p", "no:cacheprovider",
-            f"--junitxml={MATRIX_DIR / 'wheel.xml'}", *FORK_TESTS,
+            f"--junitxml={MATRIX_DIR / (leg + '.xml')}", *FORK_TESTS,
+            env={"DBFIX_TEST_DRIVER": DRIVERS[driver]},
         )  # fmt: skip
     finally:
         session.chdir(ROOT)

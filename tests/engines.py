@@ -1,9 +1,10 @@
-"""A fixture that disposes the engines a test created, for Python 3.13's sqlite3.
+"""A fixture that disposes the engines a test created: their drivers warn otherwise.
 
-Python 3.13 warns ``ResourceWarning: unclosed database`` when a sqlite3 connection is
-garbage collected unclosed; tests that build throwaway apps on SQLite files would get it
-from whatever later test triggers a GC pass. Import ``dispose_new_engines`` into a test
-module to use it there (it is autouse).
+Python 3.13's sqlite3 warns ``ResourceWarning: unclosed database``, and psycopg 3 (on
+every Python) ``ResourceWarning: ... was deleted while still open``, when a connection is
+garbage collected unclosed; tests that build throwaway apps would get it from whatever
+later test (or the end of the session) triggers a GC pass. Import ``dispose_new_engines``
+into a test module to use it there (it is autouse).
 """
 
 from __future__ import annotations

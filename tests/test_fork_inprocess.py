@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from flask_uwsgi_dbfix import register, registry, tracking
+from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
 BACKEND = text(
     "SELECT pg_backend_pid(), (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())"

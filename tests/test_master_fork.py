@@ -29,6 +29,7 @@ from flask_uwsgi_dbfix import (
     tracking,
 )
 from harness.postgres import PostgresServer, default_driver
+from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 from tests.pgstat import backend_alive
 from tests.test_fork_inprocess import BACKEND, backend, in_child
 

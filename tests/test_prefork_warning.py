@@ -19,6 +19,7 @@ from sqlalchemy import text
 from flask_uwsgi_dbfix import FlaskDBFix, PreForkConnectionWarning, registry
 from flask_uwsgi_dbfix.prefork import emit_warning, inherited_connections
 from harness.postgres import PostgresServer, default_driver
+from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
 OTHER_PID = os.getpid() + 100_000  # a "worker": any pid that did not open the connections
 

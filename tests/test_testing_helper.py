@@ -24,6 +24,7 @@ from sqlalchemy.pool.base import _ConnectionRecord
 from flask_uwsgi_dbfix import FlaskDBFix, registry, testing
 from flask_uwsgi_dbfix.testing import assert_fork_safe
 from harness.postgres import PostgresServer
+from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
 Built = tuple[Flask, int]
 """An app and the line of this file that opened its pre-fork connection."""

@@ -14,6 +14,7 @@ from flask_uwsgi_dbfix.check import osafterfork_kills_workers
 from harness.load import LoadResult, run_load
 from harness.postgres import PostgresServer, default_driver
 from harness.uwsgi import UwsgiServer
+from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
 from .conftest import StartUwsgi
 
