@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .check import (
+from .report import (
     AppMatch,
     CheckReport,
     PreforkConnection,
@@ -21,8 +21,8 @@ from .check import (
     plural,
     short_path,
 )
-from .config import DBFixConfig
-from .tracking import CodeLocation, mask_passwords
+from ..config import DBFixConfig
+from ..tracking import CodeLocation, mask_passwords
 from .uwsgi_ini import Unresolved, UwsgiSettings
 
 __all__ = ["SCHEMA_VERSION", "render_human", "report_to_json"]

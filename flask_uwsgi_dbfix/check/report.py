@@ -3,7 +3,7 @@
 The app is inspected as loaded in this process, so the connections open now are the ones
 the master would hold when it forks. :func:`build_report` lists them with the code that
 opened them, audits the uWSGI ini and turns both into findings; it never opens a
-connection itself. Printing the report is :mod:`flask_uwsgi_dbfix.check_output`'s job.
+connection itself. Printing the report is :mod:`flask_uwsgi_dbfix.check.output`'s job.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
-from . import _compat
-from .config import DBFixConfig
-from .registry import DEFAULT_BIND_NAME, app_engines, flask_sqlalchemy_engines
-from .tracking import (
+from .. import _compat
+from ..config import DBFixConfig
+from ..registry import DEFAULT_BIND_NAME, app_engines, flask_sqlalchemy_engines
+from ..tracking import (
     CodeLocation,
     is_process_local,
     mask_passwords,
@@ -160,7 +160,7 @@ def build_report(
 
     ``ini_path`` names the ini (``path`` or ``path:section``); ``None`` uses
     ``default_ini`` when that file exists and audits no ini otherwise. Raises
-    :class:`~flask_uwsgi_dbfix.uwsgi_ini.IniError` when the ini cannot be used.
+    :class:`~flask_uwsgi_dbfix.check.uwsgi_ini.IniError` when the ini cannot be used.
     """
     ini_source = "named"
     if ini_path is None:

@@ -3,7 +3,7 @@
 ``flask --app APP dbfix check`` loads the app exactly as ``flask`` does, so the database
 connections that are open when the command starts are the ones uWSGI's master would
 hold when it forks. The command is glue: :func:`~flask_uwsgi_dbfix.check.build_report`
-does the work and :mod:`flask_uwsgi_dbfix.check_output` prints it.
+does the work and :mod:`flask_uwsgi_dbfix.check.output` prints it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
-from .check import DEFAULT_INI, build_report, exit_code
-from .check_output import render_human, report_to_json
+from .report import DEFAULT_INI, build_report, exit_code
+from .output import render_human, report_to_json
 from .uwsgi_ini import IniError
 
 __all__ = ["dbfix_cli"]
