@@ -24,11 +24,8 @@ from .report import (
     Severity,
     UwsgiReport,
     build_report,
-    describe_origin as describe_origin,
     exit_code,
-    osafterfork_kills_workers as osafterfork_kills_workers,
-    plural as plural,
-    short_path as short_path,
+    osafterfork_kills_workers,
 )
 
 __all__ = [
@@ -42,4 +39,5 @@ __all__ = [
     "UwsgiReport",
     "build_report",
     "exit_code",
+    "osafterfork_kills_workers",
 ]

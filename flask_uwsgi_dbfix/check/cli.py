@@ -15,8 +15,8 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
-from .report import DEFAULT_INI, build_report, exit_code
 from .output import render_human, report_to_json
+from .report import DEFAULT_INI, build_report, exit_code
 from .uwsgi_ini import IniError
 
 __all__ = ["dbfix_cli"]

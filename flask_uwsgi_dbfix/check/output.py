@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from ..config import DBFixConfig
+from ..tracking import CodeLocation, mask_passwords
 from .report import (
     AppMatch,
     CheckReport,
@@ -21,8 +23,6 @@ from .report import (
     plural,
     short_path,
 )
-from ..config import DBFixConfig
-from ..tracking import CodeLocation, mask_passwords
 from .uwsgi_ini import Unresolved, UwsgiSettings
 
 __all__ = ["SCHEMA_VERSION", "render_human", "report_to_json"]

@@ -649,7 +649,11 @@ def osafterfork_kills_workers() -> bool:
 
 def _osafterfork_finding(uwsgi: UwsgiReport) -> Finding:
     where = _ini_location(uwsgi.ini, "py-call-osafterfork")
-    if osafterfork_kills_workers():
+    # Looked up on the package at call time: flask_uwsgi_dbfix.check.osafterfork_kills_workers
+    # is the public name, the one to replace to see the verdict for the other Python.
+    from . import osafterfork_kills_workers as kills_workers
+
+    if kills_workers():
         return Finding(
             "py-call-osafterfork",
             "error",
