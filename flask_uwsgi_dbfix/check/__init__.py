@@ -5,7 +5,11 @@ serve it, and returns a :class:`CheckReport`; :func:`exit_code` gives its verdic
 modules, in the order the command uses them:
 
 - :mod:`~flask_uwsgi_dbfix.check.uwsgi_ini` reads a uWSGI ini the way uWSGI does;
-- :mod:`~flask_uwsgi_dbfix.check.report` holds the report's dataclasses and builds it;
+- :mod:`~flask_uwsgi_dbfix.check.inspection` looks at the app's engines and the ini and
+  builds the report (:func:`build_report`);
+- :mod:`~flask_uwsgi_dbfix.check.findings` turns the report into findings: small rules
+  run in the order of one list;
+- :mod:`~flask_uwsgi_dbfix.check.report` holds the report's dataclasses;
 - :mod:`~flask_uwsgi_dbfix.check.output` prints it for people (``render_human``) and as
   JSON (``report_to_json``);
 - :mod:`~flask_uwsgi_dbfix.check.cli` is the ``flask dbfix`` command group, glue only.
@@ -14,6 +18,8 @@ The old module paths ``flask_uwsgi_dbfix.check_output``, ``flask_uwsgi_dbfix.uws
 ``flask_uwsgi_dbfix.cli`` still import.
 """
 
+from .findings.ini import osafterfork_kills_workers
+from .inspection import build_report
 from .report import (
     DEFAULT_INI,
     AppMatch,
@@ -23,9 +29,7 @@ from .report import (
     PreforkConnection,
     Severity,
     UwsgiReport,
-    build_report,
     exit_code,
-    osafterfork_kills_workers,
 )
 
 __all__ = [

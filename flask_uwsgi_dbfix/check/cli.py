@@ -15,8 +15,9 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
+from .inspection import build_report
 from .output import render_human, report_to_json
-from .report import DEFAULT_INI, build_report, exit_code
+from .report import DEFAULT_INI, exit_code
 from .uwsgi_ini import IniError
 
 __all__ = ["dbfix_cli"]
