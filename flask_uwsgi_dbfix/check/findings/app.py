@@ -1,0 +1,177 @@
+"""Rules about the app: its engines, the connections it opened while loading, the fix."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ..report import UNKNOWN_ORIGIN, CheckReport, Finding, Severity, describe_origin, plural
+
+__all__ = ["checked_out_at_fork", "fix_disabled", "no_engines", "prefork_connections"]
+
+_FORK_HOOKS_FIX = (
+    "Or set py-call-uwsgi-fork-hooks = true in the uWSGI ini (uWSGI 2.0.21+): the "
+    "master then closes its idle connections itself before each fork."
+)
+
+
+def no_engines(report: CheckReport) -> list[Finding]:
+    """``no-engines``: nothing to inherit."""
+    if report.engines:
+        return []
+    return [
+        Finding(
+            "no-engines",
+            "info",
+            "No engine for this app (in-memory SQLite is left alone: a fork copies "
+            "it safely); nothing can be inherited.",
+        )
+    ]
+
+
+def prefork_connections(report: CheckReport) -> list[Finding]:
+    """``prefork-connection``: one finding per engine and code location that opened
+    connections before the fork, as bad as what the workers would do with them."""
+    forks = _forks(report)
+    groups = Counter(
+        (
+            c.engine,
+            describe_origin(c.origin),
+            _master_closes(report, c.engine, c.checked_out),
+            c.checked_out,
+        )
+        for c in report.prefork
+    )
+    found = []
+    for (engine, where, closes, held), count in groups.items():
+        opened = (
+            f"Engine '{engine}' has {plural(count, 'connection')} open before the "
+            f"fork, opened at {where}. "
+        )
+        location = None if where == UNKNOWN_ORIGIN else where
+        if closes and forks is not False:
+            found.append(
+                Finding(
+                    "prefork-connection",
+                    "info",
+                    opened + "The master closes it before forking (py-call-uwsgi-fork-hooks "
+                    "with DBFIX_CLOSE_BEFORE_FORK): workers inherit nothing.",
+                    None,
+                    location,
+                )
+            )
+            continue
+        severity = _prefork_severity(report, engine, forks)
+        fix = (
+            "Open no connection while the app is created (move the query into a "
+            "request handler or a CLI command), or call engine.dispose() once that "
+            "start-up work is done."
+        )
+        if severity != "info" and not held and _fork_hooks_would_help(report):
+            fix += " " + _FORK_HOOKS_FIX
+        found.append(
+            Finding(
+                "prefork-connection",
+                severity,
+                opened + _prefork_consequence(report, forks),
+                fix,
+                location,
+            )
+        )
+    return found
+
+
+def checked_out_at_fork(report: CheckReport) -> list[Finding]:
+    """``checked-out-at-fork``: a connection something still holds when the master forks."""
+    return [
+        Finding(
+            "checked-out-at-fork",
+            "error",
+            f"The connection of engine '{c.engine}' opened at {describe_origin(c.origin)} is "
+            "checked out (held by a Connection or Session) while the app is created. "
+            "Nobody can close it before the fork, and whatever holds it fails in workers "
+            "on first use (the fix replaces it there by an error that says so).",
+            "Close the Connection/Session (use `with engine.connect():` or "
+            "`with Session() as s:`) before the app factory returns.",
+            describe_origin(c.origin) if c.origin else None,
+        )
+        for c in report.prefork
+        if c.checked_out
+    ]
+
+
+def fix_disabled(report: CheckReport) -> list[Finding]:
+    """``fix-disabled``: FlaskDBFix missing or turned off, an error when it matters now."""
+    config = report.config
+    if config is not None and config.enabled:
+        return []
+    what = (
+        "FlaskDBFix is not initialised on this app"
+        if config is None
+        else "The fix is disabled (DBFIX_ENABLED=False)"
+    )
+    inherits = bool(report.prefork) and _forks(report) is not False
+    if inherits:
+        now = ", and this app has some."
+    elif report.prefork:
+        now = "; harmless with this uWSGI config."
+    else:
+        now = "; none would be inherited now."
+    fix = "Call FlaskDBFix(app)." if config is None else "Remove DBFIX_ENABLED=False."
+    return [
+        Finding(
+            "fix-disabled",
+            "error" if inherits else "info",
+            f"{what}: workers keep connections inherited from the master{now}",
+            fix,
+        )
+    ]
+
+
+def _forks(report: CheckReport) -> bool | None:
+    """Would the workers inherit the app's connections? Without an ini, assume so."""
+    return True if report.uwsgi is None else report.uwsgi.forks
+
+
+def _prefork_severity(report: CheckReport, engine: str, forks: bool | None) -> Severity:
+    """Error only when workers would really share the socket: the fix makes each worker
+    drop its copy of a managed engine's connections, leaving a wasted idle one."""
+    if forks is False:
+        return "info"
+    managed = any(e.name == engine and e.managed for e in report.engines)
+    return "warning" if managed or forks is None else "error"
+
+
+def _master_closes(report: CheckReport, engine: str, checked_out: bool) -> bool:
+    """Would the uWSGI master close this connection itself before forking?"""
+    uwsgi, config = report.uwsgi, report.config
+    return bool(
+        not checked_out
+        and uwsgi is not None
+        and uwsgi.settings.py_call_uwsgi_fork_hooks
+        and config is not None
+        and config.enabled
+        and config.close_before_fork
+        and any(e.name == engine and e.managed for e in report.engines)
+    )
+
+
+def _fork_hooks_would_help(report: CheckReport) -> bool:
+    uwsgi = report.uwsgi
+    return uwsgi is None or not uwsgi.settings.py_call_uwsgi_fork_hooks
+
+
+def _prefork_consequence(report: CheckReport, forks: bool | None) -> str:
+    if forks is False:
+        reason = report.uwsgi.fork_reason if report.uwsgi else ""
+        return f"Harmless with this config ({reason})."
+    if forks is None:
+        return "Could not tell whether uWSGI forks with it."
+    if report.config is not None and report.config.enabled:
+        return (
+            "Every worker inherits the socket; the fix makes each worker drop its copy, "
+            "but the master keeps a server connection open for nothing."
+        )
+    return (
+        "Every worker inherits the same socket: expect 'SSL error: decryption failed "
+        "or bad record mac' and similar errors."
+    )

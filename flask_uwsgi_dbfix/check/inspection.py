@@ -1,0 +1,247 @@
+"""How ``flask dbfix check`` builds its report: the app's engines and the uWSGI ini.
+
+The app is inspected as loaded in this process, so the connections open now are the ones
+the master would hold when it forks. :func:`build_report` lists them with the code that
+opened them, audits the uWSGI ini, and lets :mod:`~flask_uwsgi_dbfix.check.findings` turn
+both into findings; it never opens a connection itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from types import ModuleType
+
+from flask import Flask
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
+
+from .. import _compat
+from ..config import DBFixConfig
+from ..registry import DEFAULT_BIND_NAME, app_engines, flask_sqlalchemy_engines
+from ..tracking import is_process_local, masked_url, open_connections
+from .findings import find
+from .report import (
+    DEFAULT_INI,
+    AppMatch,
+    CheckReport,
+    EngineReport,
+    PreforkConnection,
+    UwsgiReport,
+)
+from .uwsgi_ini import ServedApp, UwsgiIni, UwsgiSettings, read_ini, settings_from_ini
+
+__all__ = ["build_report"]
+
+
+def build_report(
+    app: Flask,
+    ini_path: str | os.PathLike[str] | None = None,
+    *,
+    app_import_path: str | None = None,
+    default_ini: str | os.PathLike[str] = DEFAULT_INI,
+) -> CheckReport:
+    """Inspect ``app`` as loaded in this process and the uWSGI ini that will serve it.
+
+    ``ini_path`` names the ini (``path`` or ``path:section``); ``None`` uses
+    ``default_ini`` when that file exists and audits no ini otherwise. Raises
+    :class:`~flask_uwsgi_dbfix.check.uwsgi_ini.IniError` when the ini cannot be used.
+    """
+    ini_source = "named"
+    if ini_path is None:
+        ini_source = "default" if os.path.isfile(default_ini) else "none"
+        ini_path = default_ini if ini_source == "default" else None
+    ini = read_ini(ini_path) if ini_path is not None else None
+    engines, prefork = _inspect_engines(app)
+    report = CheckReport(
+        app_name=app.name,
+        app_import_path=app_import_path,
+        pid=os.getpid(),
+        config=_config(app),
+        engines=engines,
+        prefork=prefork,
+        uwsgi=_uwsgi_report(ini, app, app_import_path) if ini is not None else None,
+        ini_source=ini_source,
+    )
+    return dataclasses.replace(report, findings=find(report))
+
+
+
+# -- the app's engines -----------------------------------------------------------------
+
+
+def _config(app: Flask) -> DBFixConfig | None:
+    state = app.extensions.get("dbfix")
+    config = getattr(state, "config", None)
+    return config if isinstance(config, DBFixConfig) else None
+
+
+def _inspect_engines(
+    app: Flask,
+) -> tuple[tuple[EngineReport, ...], tuple[PreforkConnection, ...]]:
+    engines: list[EngineReport] = []
+    prefork: list[PreforkConnection] = []
+    _compat.create_flask_sqlalchemy_engines(app)
+    managed = app_engines(app)
+    for m in managed:
+        opened = open_connections(m.engine)
+        described = _engine_report(m.name, m.source, m.engine, len(opened), True)
+        engines.append(described)
+        url = described.url
+        prefork += [PreforkConnection(m.name, url, c.pid, c.checked_out, c.origin) for c in opened]
+    known = {id(m.engine) for m in managed}
+    for key, engine in flask_sqlalchemy_engines(app).items():
+        if id(engine) in known or is_process_local(engine):
+            continue
+        name = DEFAULT_BIND_NAME if key is None else key
+        idle, held = _pool_counts(engine)
+        described = _engine_report(name, "flask-sqlalchemy", engine, idle + held, False)
+        engines.append(described)
+        url, pid = described.url, os.getpid()
+        prefork += [PreforkConnection(name, url, pid, False, None) for _ in range(idle)]
+        prefork += [PreforkConnection(name, url, pid, True, None) for _ in range(held)]
+    return tuple(engines), tuple(prefork)
+
+
+def _pool_counts(engine: Engine) -> tuple[int, int]:
+    """(idle, checked out) connections of an untracked engine, from its pool."""
+    pool = engine.pool
+    if isinstance(pool, QueuePool):
+        return pool.checkedin(), pool.checkedout()
+    return 0, 0
+
+
+def _engine_report(
+    name: str, source: str, engine: Engine, opened: int, managed: bool
+) -> EngineReport:
+    pool = engine.pool
+    size = pool.size() if isinstance(pool, QueuePool) else None
+    overflow = getattr(pool, "_max_overflow", None) if isinstance(pool, QueuePool) else None
+    return EngineReport(
+        name=name,
+        source=source,
+        url=masked_url(engine),
+        dialect=engine.dialect.name,
+        driver=str(engine.dialect.driver),
+        pool_class=type(pool).__name__,
+        pool_size=size,
+        max_overflow=overflow if isinstance(overflow, int) else None,
+        open_connections=opened,
+        managed=managed,
+    )
+
+
+# -- the uWSGI side --------------------------------------------------------------------
+
+
+def _uwsgi_report(ini: UwsgiIni, app: Flask, app_import_path: str | None) -> UwsgiReport:
+    settings = settings_from_ini(ini)
+    forks, reason = _fork_model(settings)
+    matches = tuple(_match_served(app, s, app_import_path) for s in settings.served)
+    return UwsgiReport(ini, settings, matches, forks, reason)
+
+
+def _fork_model(s: UwsgiSettings) -> tuple[bool | None, str]:
+    """Would uWSGI load the app once and fork workers that inherit its connections?"""
+    if s.lazy_apps:
+        return False, f"{s.lazy_key}: each worker loads the app itself after the fork"
+    if s.lazy_apps is None:
+        return None, "lazy-apps/lazy could not be resolved"
+    if s.master:
+        return True, "the master loads the app, then forks every worker"
+    if s.processes is not None and s.processes > 1:
+        return True, "the first process loads the app, then forks the other workers"
+    if s.master is False and (not s.processes_set or s.processes is not None):
+        return False, "no master and a single process: uWSGI does not fork"
+    return None, "master/processes could not be resolved"
+
+
+def _match_served(app: Flask, served: ServedApp, import_path: str | None) -> AppMatch:
+    """Compare an app the ini serves with the app being checked, importing nothing."""
+    module = _loaded_module(served)
+    if module is None:
+        return _match_unloaded(served)
+    name = served.callable or "application"
+    if name.endswith("()"):
+        return _match_factory(served, module, name[:-2], import_path)
+    target = getattr(module, name, None)
+    if target is None:
+        return _missing(served, module, name)
+    if target is app or getattr(target, "__self__", None) is app:
+        return AppMatch(served, "same", f"{module.__name__}:{name} is this app")
+    if isinstance(target, Flask):
+        detail = f"{module.__name__}:{name} is another Flask app ({target.name})"
+        return AppMatch(served, "different", detail)
+    detail = f"{module.__name__}:{name} is a {type(target).__name__}, not this Flask app"
+    return AppMatch(served, "unknown", detail + " (it may wrap it)")
+
+
+def _missing(served: ServedApp, module: ModuleType, name: str) -> AppMatch:
+    detail = f"{module.__name__} has no '{name}': uWSGI would fail to load it"
+    return AppMatch(served, "different", detail)
+
+
+def _match_unloaded(served: ServedApp) -> AppMatch:
+    if served.module is None and served.file is None:
+        return AppMatch(served, "unknown", f"cannot tell what '{served.spec}' loads")
+    what = served.module or served.file
+    detail = f"uWSGI loads {what}, which this check did not import"
+    return AppMatch(served, "different", detail)
+
+
+def _match_factory(
+    served: ServedApp, module: ModuleType, factory: str, import_path: str | None
+) -> AppMatch:
+    if not callable(getattr(module, factory, None)):
+        return _missing(served, module, factory)
+    target_module, target_attr = _flask_target(import_path)
+    same_module = target_module == module.__name__
+    named = target_attr is not None and target_attr.split("(")[0] == factory
+    found = target_attr is None and factory in ("create_app", "make_app")
+    if same_module and (named or (found and not _has_flask_instance(module))):
+        return AppMatch(served, "same", f"both call {module.__name__}:{factory}()")
+    detail = f"uWSGI calls {module.__name__}:{factory}(); cannot tell which app it returns"
+    return AppMatch(served, "unknown", detail)
+
+
+def _has_flask_instance(module: ModuleType) -> bool:
+    return any(isinstance(v, Flask) for v in vars(module).values())
+
+
+def _loaded_module(served: ServedApp) -> ModuleType | None:
+    """The already imported module uWSGI would load, found by name or by file."""
+    if served.module is not None:
+        return sys.modules.get(served.module)
+    if served.file is None:
+        return None
+    wanted = os.path.realpath(served.file)
+    for module in list(sys.modules.values()):
+        filename = getattr(module, "__file__", None)
+        if isinstance(filename, str) and os.path.realpath(filename) == wanted:
+            return module
+    return None
+
+
+def _flask_target(import_path: str | None) -> tuple[str | None, str | None]:
+    """``flask --app`` as (module name, attribute or call), without touching sys.path."""
+    if not import_path:
+        return None, None
+    path, _, attr = import_path.partition(":")
+    if path.endswith(".py") or os.path.isdir(path):
+        path = _module_name_for(path)
+    return path, attr or None
+
+
+def _module_name_for(path: str) -> str:
+    """What flask.cli.prepare_import would call this file, minus its side effects."""
+    path = os.path.realpath(path)
+    path = os.path.splitext(path)[0] if path.endswith(".py") else path
+    if os.path.basename(path) == "__init__":
+        path = os.path.dirname(path)
+    names = []
+    while True:
+        path, name = os.path.split(path)
+        names.append(name)
+        if not os.path.exists(os.path.join(path, "__init__.py")):
+            return ".".join(reversed(names))

@@ -1,0 +1,163 @@
+"""What ``flask dbfix check`` reports: the connections uWSGI's master would hand to its
+workers, the audited uWSGI ini, and the findings, as frozen dataclasses.
+
+:mod:`~flask_uwsgi_dbfix.check.inspection` builds a :class:`CheckReport`,
+:mod:`~flask_uwsgi_dbfix.check.findings` adds its findings, and
+:mod:`~flask_uwsgi_dbfix.check.output` prints it. The few wording helpers at the end are
+shared by the findings and the output, so both say the same thing the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..config import DBFixConfig
+from ..tracking import CodeLocation
+from .uwsgi_ini import ServedApp, UwsgiIni, UwsgiSettings
+
+__all__ = [
+    "DEFAULT_INI",
+    "AppMatch",
+    "CheckReport",
+    "EngineReport",
+    "Finding",
+    "PreforkConnection",
+    "Severity",
+    "UwsgiReport",
+    "describe_origin",
+    "exit_code",
+    "plural",
+    "short_path",
+]
+
+DEFAULT_INI = "uwsgi.ini"
+
+Severity = Literal["error", "warning", "info"]
+UNKNOWN_ORIGIN = "an unknown place (opened before flask_uwsgi_dbfix was imported)"
+"""What :func:`describe_origin` says when the code that opened a connection is not known."""
+
+
+# -- the report ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing to know or to change, with how bad it is."""
+
+    code: str
+    severity: Severity
+    message: str
+    fix: str | None = None
+    """What to change; ``None`` when nothing needs to."""
+    location: str | None = None
+    """``file:line`` the finding is about, when there is one."""
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    """An engine the extension manages, described without connecting."""
+
+    name: str
+    source: str
+    url: str
+    """Password masked."""
+    dialect: str
+    driver: str
+    pool_class: str
+    pool_size: int | None
+    max_overflow: int | None
+    open_connections: int
+    managed: bool
+    """False for an engine the extension does not manage (fix disabled or not set up):
+    its connections are counted from the pool, without origins."""
+
+
+@dataclass(frozen=True)
+class PreforkConnection:
+    """A connection open while the app was created: the master would fork with it."""
+
+    engine: str
+    url: str
+    pid: int
+    checked_out: bool
+    origin: CodeLocation | None
+
+
+@dataclass(frozen=True)
+class AppMatch:
+    """Whether an app the ini serves is the app being checked."""
+
+    app: ServedApp
+    status: Literal["same", "different", "unknown"]
+    detail: str
+
+
+@dataclass(frozen=True)
+class UwsgiReport:
+    """The audited uWSGI ini."""
+
+    ini: UwsgiIni
+    settings: UwsgiSettings
+    matches: tuple[AppMatch, ...]
+    forks: bool | None
+    """Would workers inherit what the app opened while loading? ``None``: cannot tell."""
+    fork_reason: str
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Everything ``flask dbfix check`` found, ready to print or serialise."""
+
+    app_name: str
+    app_import_path: str | None
+    pid: int
+    config: DBFixConfig | None
+    """``None`` when FlaskDBFix was not initialised on the app."""
+    engines: tuple[EngineReport, ...]
+    prefork: tuple[PreforkConnection, ...]
+    uwsgi: UwsgiReport | None
+    ini_source: str
+    """``named`` (``--ini``), ``default`` (``./uwsgi.ini``) or ``none``."""
+    findings: tuple[Finding, ...] = field(default=())
+
+    def count(self, severity: Severity) -> int:
+        """How many findings have this severity: the verdict is made of these counts."""
+        return sum(f.severity == severity for f in self.findings)
+
+
+def exit_code(report: CheckReport, strict: bool = False) -> int:
+    """0 nothing to fix, 1 errors (or warnings with ``strict``)."""
+    return 1 if report.count("error") or (strict and report.count("warning")) else 0
+
+
+# -- wording shared with the output ----------------------------------------------------
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 connection``, ``2 connections``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def short_path(path: str) -> str:
+    """The path relative to the deepest of the cwd and the ``sys.path`` entries holding
+    it (``app/__init__.py``, ``flask_appbuilder/security/...``): short, still exact."""
+    target = os.path.abspath(path)
+    roots = [os.getcwd(), *(os.path.abspath(p or os.curdir) for p in sys.path)]
+    best = None
+    for root in roots:
+        prefix = root.rstrip(os.sep) + os.sep
+        if target.startswith(prefix) and (best is None or len(root) > len(best)):
+            best = root
+    return path if best is None else os.path.relpath(target, best)
+
+
+def describe_origin(origin: CodeLocation | None) -> str:
+    """``file:line in function (via file:line in function)``, or a plain sentence when the
+    origin is not known."""
+    if origin is None:
+        return UNKNOWN_ORIGIN
+    here = f"{short_path(origin.filename)}:{origin.lineno} in {origin.function}"
+    return here if origin.via is None else f"{here} (via {describe_origin(origin.via)})"
