@@ -15,7 +15,8 @@ Only the database work at import differs between modes. Environment:
   BENCH_FIX               "1": FlaskDBFix(app); "0": no fix
   BENCH_CLOSE_BEFORE_FORK "0"/"1": sets DBFIX_CLOSE_BEFORE_FORK, only if this version of the
                           package knows that key (older ones reject unknown DBFIX_ keys)
-  BENCH_ROWS              number of catalogue rows (default 80000)
+  BENCH_SCALE             multiplies the models, routes and rows (default 1; --quick uses
+                          0.25 to fit in CI time: its memory figures are not the headline)
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from flask_uwsgi_dbfix import DBFixConfig, FlaskDBFix
 
-MODELS, COLUMNS, ROUTES = 120, 14, 600
-ROWS = int(os.environ.get("BENCH_ROWS", "80000"))
+SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+MODELS, COLUMNS, ROUTES = max(1, round(120 * SCALE)), 14, max(1, round(600 * SCALE))
+ROWS = max(1, round(80_000 * SCALE))
 IMPORT_QUERY = os.environ.get("BENCH_IMPORT_QUERY", "1") == "1"
 FIX = os.environ.get("BENCH_FIX", "0") == "1"
 CLOSE_BEFORE_FORK = os.environ.get("BENCH_CLOSE_BEFORE_FORK", "")
@@ -115,6 +117,7 @@ BUILD = {
     "models": MODELS,
     "routes": len(app.url_map._rules),
     "catalogue_rows": ROWS,
+    "scale": SCALE,
 }
 
 PROBE = text("SELECT pg_backend_pid()")
