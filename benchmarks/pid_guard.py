@@ -103,6 +103,8 @@ def time_guards(rounds: int, path: str) -> dict[str, Any]:
             entry["overhead"] = {
                 "median": statistics.median(diffs),
                 "p10": _pct(diffs, 0.1),
+                "p25": _pct(diffs, 0.25),
+                "p75": _pct(diffs, 0.75),
                 "p90": _pct(diffs, 0.9),
                 "min_minus_min": min(s) - min(samples["plain"]),
             }
@@ -205,7 +207,7 @@ def format_report(data: dict[str, Any]) -> str:
     lines = [
         f"pid guard: engine.connect()+close() on SQLite, {data['rounds']} interleaved rounds"
         f" of {data['connects_per_round']} (ns per connect; overhead = guard - plain in the"
-        " same round, median [p10..p90], and min - min)",
+        " same round, median [p25..p75] (p10..p90), and min - min)",
         f"  {'':8s} {'min':>7s} {'median':>7s} {'max':>7s}   overhead",
     ]
     for name, e in t.items():
@@ -213,7 +215,8 @@ def format_report(data: dict[str, Any]) -> str:
         if "overhead" in e:
             o = e["overhead"]
             line += (
-                f"   {o['median']:5.0f} [{o['p10']:.0f}..{o['p90']:.0f}]"
+                f"   {o['median']:5.0f} [{o['p25']:.0f}..{o['p75']:.0f}]"
+                f" ({o['p10']:.0f}..{o['p90']:.0f})"
                 f" ({e['overhead_pct']:+.1%}), min-min {o['min_minus_min']:.0f}"
             )
         lines.append(line)

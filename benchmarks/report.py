@@ -168,8 +168,9 @@ def table(data: dict[str, Any]) -> str:
             o = r["overhead"]
             lines.append(
                 f"  {name} (target {r['target']}): {o['median']:.0f} ns"
-                f" [p10 {o['p10']:.0f} .. p90 {o['p90']:.0f}; min-min {o['min_minus_min']:.0f}]"
-                + ("" if r["met"] else " MISSED")
+                f" [p25 {o['p25']:.0f} .. p75 {o['p75']:.0f};"
+                f" p10 {o['p10']:.0f} .. p90 {o['p90']:.0f};"
+                f" min-min {o['min_minus_min']:.0f}]" + ("" if r["met"] else " MISSED")
             )
     lines.append("")
     from benchmarks.pid_guard import format_report
@@ -190,24 +191,34 @@ def charts(data: dict[str, Any], out: Path) -> list[Path]:
         ("memory.png", "pss_mib", "PSS of master + workers after warm-up (MiB)"),
         ("startup.png", "ready_s", "start until every worker has answered (s)"),
         ("throughput.png", "rps", f"requests/s at concurrency {data['load']['concurrency']}"),
-        ("connections.png", "conns_startup", "server connections after startup"),
     ]
     for filename, metric, ylabel in charts_spec:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for mode, info in data["modes"].items():
+        series = [(metric, "", "-")]
+        for i, (mode, info) in enumerate(data["modes"].items()):
             if mode not in per_mode:
                 continue
-            xs, ys, lo, hi = [], [], [], []
-            for w in data["workers"]:
-                s = (per_mode[mode].get(str(w)) or {}).get(metric)
-                if s is None:
-                    continue
-                xs.append(w)
-                ys.append(s["median"])
-                lo.append(s["median"] - s["min"])
-                hi.append(s["max"] - s["median"])
-            if xs:
-                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=info["label"])
+            for key, suffix, style in series:
+                xs, ys, lo, hi = [], [], [], []
+                for w in data["workers"]:
+                    s = (per_mode[mode].get(str(w)) or {}).get(key)
+                    if s is None:
+                        continue
+                    xs.append(w)
+                    ys.append(s["median"])
+                    lo.append(s["median"] - s["min"])
+                    hi.append(s["max"] - s["median"])
+                if xs:
+                    ax.errorbar(
+                        xs,
+                        ys,
+                        yerr=[lo, hi],
+                        marker="o",
+                        capsize=3,
+                        linestyle=style,
+                        color=f"C{i}",
+                        label=info["label"] + suffix,
+                    )
         ax.set_xlabel("uWSGI workers")
         ax.set_xscale("log", base=2)
         ax.set_xticks(data["workers"], [str(w) for w in data["workers"]])
@@ -215,24 +226,30 @@ def charts(data: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_title(f"{ylabel.split(' (')[0]}: median, bars min-max", fontsize=10)
+        kind = "quick" if data["quick"] else "full"
+        ax.set_title(
+            f"{data['app']}, {kind} run of {data['meta']['date'][:10]}"
+            f": median of {data['repeats']}, bars min-max",
+            fontsize=9,
+        )
         fig.tight_layout()
         path = out / filename
         fig.savefig(path, dpi=100)
         plt.close(fig)
         made.append(path)
+    made.append(_connections_chart(data, out, plt))
     guard = data["pid_guard"]["ns_per_connect"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = [n for n in ("recipe", "ours", "proto") if n in guard]
     med = [guard[n]["overhead"]["median"] for n in names]
     err = [
-        [med[i] - guard[n]["overhead"]["p10"] for i, n in enumerate(names)],
-        [guard[n]["overhead"]["p90"] - med[i] for i, n in enumerate(names)],
+        [med[i] - guard[n]["overhead"]["p25"] for i, n in enumerate(names)],
+        [guard[n]["overhead"]["p75"] - med[i] for i, n in enumerate(names)],
     ]
     labels = {"recipe": "SQLAlchemy recipe", "ours": "ours (shipped)", "proto": "prototype"}
     ax.barh([labels[n] for n in names], med, xerr=err, capsize=3)
     ax.axvline(data["pid_guard"]["target_ns"], color="red", linestyle="--", label="target")
-    ax.set_xlabel("overhead per engine.connect()+close() (ns; median, bars p10-p90)")
+    ax.set_xlabel("overhead per engine.connect()+close() (ns; median, bars p25-p75)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "pid_guard.png"
@@ -240,3 +257,36 @@ def charts(data: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
     made.append(path)
     return made
+
+
+def _connections_chart(data: dict[str, Any], out: Path, plt: Any) -> Path:
+    """Grouped bars: server connections after startup per mode, at each worker count."""
+    per_mode = data["summary"]["per_mode"]
+    modes = [m for m in data["modes"] if m in per_mode]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(1, len(modes))
+    for i, mode in enumerate(modes):
+        xs, ys = [], []
+        for j, w in enumerate(data["workers"]):
+            s = (per_mode[mode].get(str(w)) or {}).get("conns_startup")
+            if s is not None:
+                xs.append(j + (i - (len(modes) - 1) / 2) * width)
+                ys.append(s["median"])
+        bars = ax.bar(xs, ys, width, label=data["modes"][mode]["label"], color=f"C{i}")
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    for info in data["modes"].values():
+        if not info["available"]:
+            ax.plot([], [], " ", label=f"{info['label']}: {info['note']}")
+    ax.set_xticks(range(len(data["workers"])), [str(w) for w in data["workers"]])
+    ax.set_xlabel("uWSGI workers")
+    ax.set_ylabel("server connections after startup")
+    ax.set_title(
+        "pg_stat_activity once every worker has answered (before any query request)", fontsize=9
+    )
+    ax.set_ylim(0, max([1, *data["workers"]]) * 1.5)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = out / "connections.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
