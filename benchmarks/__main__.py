@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="short run for CI: 2 and 4 workers, once")
     p.add_argument("--workers", type=int, nargs="+", help="worker counts (default 2 4 8 16)")
-    p.add_argument("--repeats", type=int, help="runs per mode and worker count (default 3)")
+    p.add_argument("--repeats", type=int, help="runs per mode and worker count (default 5)")
     p.add_argument("--requests", type=int, help="timed requests per run (default 1500)")
     p.add_argument("--concurrency", type=int, default=16, help="client concurrency (16)")
     p.add_argument("--guard-rounds", type=int, help="pid guard rounds (default 200)")
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     args.workers = args.workers or ([2, 4] if quick else [2, 4, 8, 16])
-    args.repeats = args.repeats or (1 if quick else 3)
+    args.repeats = args.repeats or (1 if quick else 5)
     args.requests = args.requests or (200 if quick else 1500)
     args.guard_rounds = args.guard_rounds or (20 if quick else 200)
     args.scale = 0.25 if quick else 1.0

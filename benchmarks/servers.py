@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import tempfile
 import time
@@ -85,8 +86,13 @@ class RunResult:
     repeat: int
     ready_s: float | None = None
     """Process start until every worker has answered a request."""
+    ready_cpu_s: float | None = None
+    """CPU time (user + system) master and workers had used by then: much less sensitive
+    than wall time to other jobs on a shared machine."""
     pss_mib: float | None = None
     rps: float | None = None
+    cpu_ms_per_req: float | None = None
+    """uWSGI's CPU time (master + workers) per timed request; PostgreSQL's not included."""
     requests: int = 0
     failed: int = 0
     failures: dict[str, int] = field(default_factory=dict)
@@ -95,6 +101,19 @@ class RunResult:
     error: str = ""
     log_dir: str = ""
     """Kept only when something failed."""
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(server: UwsgiServer) -> float:
+    """utime + stime of the master and its live workers."""
+    total = 0
+    for pid in [server.process.pid, *server.worker_pids()]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / _TICK
 
 
 def _answered(server: UwsgiServer) -> set[int]:
@@ -160,16 +179,20 @@ def run_one(
     try:
         if _wait_all_answered(server, workers, load.ready_path, deadline=120):
             result.ready_s = time.monotonic() - started
+            result.ready_cpu_s = cpu_seconds(server)
         if build_path and not build:
             with contextlib.suppress(Exception):
                 build.update(get_json(server.base_url, build_path)[1])
         result.conns_startup = count_connections()
         warm = run_load(server.base_url, load.path, total=load.warmup, concurrency=load.concurrency)
         result.pss_mib = server.pss_kib() / 1024
+        cpu_before = cpu_seconds(server)
         timed = run_load(
             server.base_url, load.path, total=load.requests, concurrency=load.concurrency
         )
+        cpu_used = cpu_seconds(server) - cpu_before
         result.rps = (load.requests - timed.failed) / timed.seconds if timed.seconds else None
+        result.cpu_ms_per_req = cpu_used / load.requests * 1000
         result.requests = warm.requests + timed.requests
         result.failed = warm.failed + timed.failed
         result.failures = dict(warm.failures + timed.failures)

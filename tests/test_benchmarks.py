@@ -44,5 +44,5 @@ def test_quick_benchmark_runs_and_every_mode_served_every_request(tmp_path: Path
     protection = data["pid_guard"]["child_gets_fresh_connection"]
     for name in ("recipe", "ours", "proto"):
         assert set(protection[name].values()) == {"replaced"}, protection
-    for chart in ("memory", "startup", "throughput", "connections", "pid_guard"):
+    for chart in ("memory", "startup", "startup_cpu", "throughput", "connections", "pid_guard"):
         assert (tmp_path / f"{chart}.png").stat().st_size > 0
