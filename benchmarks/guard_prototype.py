@@ -27,7 +27,7 @@ import os
 from typing import Any
 
 from sqlalchemy import Engine, event
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18)  # Linux value; absent from 3.11's mmap
 
@@ -85,7 +85,7 @@ def track(engine: Engine) -> None:
     guard(engine.pool, started_pid)
 
 
-def guard(pool: Any, started_pid: int | None = None) -> None:
+def guard(pool: Pool, started_pid: int | None = None) -> None:
     if getattr(pool, "_dbfix_proto_guarded", False):
         return
     hand_out = pool._do_get
@@ -109,5 +109,5 @@ def guard(pool: Any, started_pid: int | None = None) -> None:
                 record.dbapi_connection = None  # type: ignore[misc]
             return record
 
-    pool._do_get = guarded_do_get
-    pool._dbfix_proto_guarded = True
+    setattr(pool, "_do_get", guarded_do_get)  # noqa: B010 - an instance-level override
+    setattr(pool, "_dbfix_proto_guarded", True)  # noqa: B010

@@ -118,14 +118,10 @@ def time_guards(rounds: int, path: str) -> dict[str, Any]:
 def time_parts(path: str) -> dict[str, float]:
     """What a checkout through the guard is made of, each timed alone (best of 5)."""
     engine = _engine(ours, path)
-    record = engine.pool._do_get()  # type: ignore[attr-defined]
+    record = engine.pool._do_get()
     record.info[tracking._PID_KEY] = os.getpid()
-    engine.pool._do_return_conn(record)  # type: ignore[attr-defined]
+    engine.pool._do_return_conn(record)
     page = guard_prototype.WATCH.page
-    inner = engine.pool._do_get  # type: ignore[attr-defined]
-
-    def wrapper_only() -> Any:
-        return inner()
 
     parts: dict[str, tuple[str, dict[str, Any]]] = {
         "os.getpid()": ("getpid()", {"getpid": os.getpid}),
