@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short run for CI: 2 and 4 workers, once")
     p.add_argument("--workers", type=int, nargs="+", help="worker counts (default 2 4 8 16)")
     p.add_argument("--repeats", type=int, help="runs per mode and worker count (default 5)")
-    p.add_argument("--requests", type=int, help="timed requests per run (default 1500)")
+    p.add_argument("--requests", type=int, help="timed requests per run (default 1000)")
     p.add_argument("--concurrency", type=int, default=16, help="client concurrency (16)")
     p.add_argument("--guard-rounds", type=int, help="pid guard rounds (default 200)")
     p.add_argument(
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick = args.quick
     args.workers = args.workers or ([2, 4] if quick else [2, 4, 8, 16])
     args.repeats = args.repeats or (1 if quick else 5)
-    args.requests = args.requests or (200 if quick else 1500)
+    args.requests = args.requests or (200 if quick else 1000)
     args.guard_rounds = args.guard_rounds or (20 if quick else 200)
     args.scale = 0.25 if quick else 1.0
     args.out = args.out or (RESULTS / "quick" if quick else RESULTS)
@@ -174,6 +175,10 @@ def _rotated(modes: list[Mode], k: int) -> list[Mode]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Ctrl-C or SIGTERM must stop the servers we started. A shell that starts a job in the
+    # background (nohup ... &) hands it SIGINT ignored, so install the handlers ourselves.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     meta = machine_and_versions()
     known = "close_before_fork" in DBFixConfig.__dataclass_fields__

@@ -26,6 +26,20 @@ TARGETS: list[tuple[str, str, str, str, float | None, str, int | None]] = [
     ("start-up CPU fix/bare", "fix", "bare", "ready_cpu_s", 1.05, "<=", None),
     ("CPU per request fix/bare", "fix", "bare", "cpu_ms_per_req", 1 / 0.98, "<=", None),
     ("memory fix/lazy-apps", "fix", "lazy", "pss_mib", 0.30, "<=", 8),
+    # The control: the same app (no DB work at import), fix on vs off.
+    ("memory fix-no-import-query/bare", "fix_clean", "bare", "pss_mib", 1.02, "<=", None),
+    ("time to ready fix-no-import-query/bare", "fix_clean", "bare", "ready_s", 1.05, "<=", None),
+    ("start-up CPU fix-no-import-query/bare", "fix_clean", "bare", "ready_cpu_s", 1.05, "<=", None),
+    ("throughput fix-no-import-query/bare", "fix_clean", "bare", "rps", 0.98, ">=", None),
+    (
+        "CPU per request fix-no-import-query/bare",
+        "fix_clean",
+        "bare",
+        "cpu_ms_per_req",
+        1 / 0.98,
+        "<=",
+        None,
+    ),
 ]
 # With --app: the user's app preforked against lazy-apps, no targets.
 USER_RATIOS: list[tuple[str, str, str, str, float | None, str, int | None]] = [

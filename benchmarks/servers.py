@@ -44,6 +44,13 @@ def bench_modes(close_before_fork_known: bool) -> list[Mode]:
         Mode("bare", "bare prefork", {"BENCH_IMPORT_QUERY": "0", "BENCH_FIX": "0"}),
         Mode("fix", "prefork + fix", {"BENCH_IMPORT_QUERY": "1", "BENCH_FIX": "1"}),
         Mode("lazy", "lazy-apps", {"BENCH_IMPORT_QUERY": "1", "BENCH_FIX": "0"}, ("--lazy-apps",)),
+        # The control: bare prefork's app with the fix on, so fix on vs off with the very
+        # same database work (none before the fork) isolates what the fix itself costs.
+        Mode(
+            "fix_clean",
+            "prefork + fix, no DB work at import",
+            {"BENCH_IMPORT_QUERY": "0", "BENCH_FIX": "1"},
+        ),
         Mode(
             "fix_keep",
             "prefork + fix, master keeps its connection",
