@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks import pid_guard, report
+from benchmarks import fix_parts, pid_guard, report
 from benchmarks.servers import (
     BENCH_APP,
     Load,
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.progress_line(n, len(plan), result), flush=True)
     meta["machine"]["loadavg_before_guard"] = os.getloadavg()
     guard = pid_guard.run(args.guard_rounds)
+    parts = fix_parts.run(10 if args.quick else 30)
     meta["machine"]["loadavg_at_end"] = os.getloadavg()
     meta["seconds"] = round(time.monotonic() - started, 1)
     data = {
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": runs,
         "pid_guard": guard,
+        "fix_parts": parts,
     }
     data["summary"] = report.summarize(data)
     json_path = args.out / "benchmarks.json"

@@ -209,6 +209,10 @@ def table(data: dict[str, Any]) -> str:
     from benchmarks.pid_guard import format_report
 
     lines.append(format_report(data["pid_guard"]))
+    if "fix_parts" in data:
+        from benchmarks import fix_parts
+
+        lines.append(fix_parts.format_report(data["fix_parts"]))
     return "\n".join(lines)
 
 

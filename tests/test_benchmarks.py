@@ -27,17 +27,18 @@ def test_quick_benchmark_runs_and_every_mode_served_every_request(tmp_path: Path
     ran = {r["mode"] for r in data["runs"]}
     expected = {name for name, m in data["modes"].items() if m["available"]}
     assert ran == expected
-    assert {"bare", "fix", "lazy", "fix_keep"} <= ran
+    assert {"bare", "fix", "lazy", "fix_clean", "fix_keep"} <= ran
     for run in data["runs"]:
         assert run["error"] == "", run
         assert run["failed"] == 0, run
         assert run["requests"] > 0, run
         assert run["ready_s"] is not None, run
     # The connections row is counted, not guessed: lazy-apps workers each open their own at
-    # import, the bare app opens none before its first request.
+    # import, the app without import-time queries opens none before its first request.
     by_mode = {(r["mode"], r["workers"]): r for r in data["runs"]}
     for workers in data["workers"]:
         assert by_mode["bare", workers]["conns_startup"] == 0
+        assert by_mode["fix_clean", workers]["conns_startup"] == 0
         assert by_mode["lazy", workers]["conns_startup"] == workers
     for name in ("plain", "recipe", "ours", "proto"):
         assert name in data["pid_guard"]["ns_per_connect"]
