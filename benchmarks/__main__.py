@@ -67,8 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick = args.quick
     args.workers = args.workers or ([2, 4] if quick else [2, 4, 8, 16])
     args.repeats = args.repeats or (1 if quick else 5)
-    args.requests = args.requests or (200 if quick else 1000)
-    args.guard_rounds = args.guard_rounds or (20 if quick else 200)
+    args.requests = args.requests or (100 if quick else 1000)
+    args.guard_rounds = args.guard_rounds or (10 if quick else 200)
     args.scale = 0.25 if quick else 1.0
     args.out = args.out or (RESULTS / "quick" if quick else RESULTS)
     if any(w < 1 for w in args.workers) or args.repeats < 1 or args.requests < 1:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     load = Load(
         path=args.path,
         ready_path=args.ready_path,
-        warmup=40 if args.quick else max(60, 10 * max(args.workers)),
+        warmup=20 if args.quick else max(60, 10 * max(args.workers)),
         requests=args.requests,
         concurrency=args.concurrency,
     )
@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             (mode, workers, repeat)
             for repeat in range(args.repeats)
             for i, workers in enumerate(args.workers)
-            for mode in _rotated(main_modes, repeat + i) + (extra_modes if repeat == 0 else [])
+            # The connections-only modes: once per worker count (--quick: at the first one).
+            for mode in _rotated(main_modes, repeat + i)
+            + (extra_modes if repeat == 0 and (i == 0 or not args.quick) else [])
         ]
         for n, (mode, workers, repeat) in enumerate(plan, 1):
             result = run_one(
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.progress_line(n, len(plan), result), flush=True)
     meta["machine"]["loadavg_before_guard"] = os.getloadavg()
     guard = pid_guard.run(args.guard_rounds)
-    parts = fix_parts.run(10 if args.quick else 30)
+    parts = fix_parts.run(5 if args.quick else 30)
     meta["machine"]["loadavg_at_end"] = os.getloadavg()
     meta["seconds"] = round(time.monotonic() - started, 1)
     data = {
