@@ -79,20 +79,51 @@ def track(engine: Engine) -> None:
         pid = WATCH.pid()
         record.info[_PID_KEY] = pid  # what the rest of the package reads
         setattr(record, _PID_ATTR, pid)  # what the guard reads
-        guard(engine.pool)
+        # A pool first seen here (engine.dispose() made it) holds nothing but, at most, the
+        # connection being opened right now, in this process.
+        guard(engine.pool, empty=True)
 
     event.listen(engine, "connect", on_connect)
-    guard(engine.pool, started_pid)
+    guard(engine.pool, started_pid, empty=_holds_nothing(engine.pool))
 
 
-def guard(pool: Pool, started_pid: int | None = None) -> None:
+def _holds_nothing(pool: Pool) -> bool:
+    """True only if the pool provably has no connection yet (QueuePool and kin)."""
+    checkedin = getattr(pool, "checkedin", None)
+    checkedout = getattr(pool, "checkedout", None)
+    if not callable(checkedin) or not callable(checkedout):
+        return False
+    try:
+        return bool(checkedin() == 0 and checkedout() == 0)
+    except Exception:
+        return False
+
+
+def guard(pool: Pool, started_pid: int | None = None, *, empty: bool = False) -> None:
+    """Wrap the pool's hand-out of a record, as tracking's guard does.
+
+    ``empty``: the pool held no connection when guarded, so in the process that guarded it
+    (its *home*) every record it hands out was opened there: no record needs checking
+    while we are still that process (one page read and one comparison). In any other
+    process (a fork, seen by a hook or not) each record's stamp is compared with our pid.
+    """
     if getattr(pool, "_dbfix_proto_guarded", False):
         return
     hand_out = pool._do_get
     page, cell, refresh = WATCH.page, WATCH.cell, WATCH.refresh
     started = WATCH.pid() if started_pid is None else started_pid
 
-    if page is None:
+    if page is not None and empty:
+        home = WATCH.pid()
+
+        def guarded_do_get() -> ConnectionPoolEntry:
+            record = hand_out()
+            pid = cell[0] if page[0] else refresh()
+            if pid != home and getattr(record, _PID_ATTR, started) != pid:
+                record.dbapi_connection = None  # type: ignore[misc]
+            return record
+
+    elif page is None:
         getpid = os.getpid
 
         def guarded_do_get() -> ConnectionPoolEntry:

@@ -105,16 +105,19 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         ratios[name] = {"target": goal, "by_workers": by_workers}
     guard = data["pid_guard"]["ns_per_connect"]
     target_ns = data["pid_guard"]["target_ns"]
-    ratios["pid guard ns (ours)"] = {
-        "target": f"<= {target_ns}",
-        "overhead": guard["ours"]["overhead"],
-        "met": guard["ours"]["overhead"]["median"] <= target_ns,
-    }
-    ratios["pid guard ns (prototype)"] = {
-        "target": f"<= {target_ns}",
-        "overhead": guard["proto"]["overhead"],
-        "met": guard["proto"]["overhead"]["median"] <= target_ns,
-    }
+    for name, label in (("ours", "ours"), ("proto", "prototype")):
+        ratios[f"pid guard ns ({label})"] = {
+            "target": f"<= {target_ns}",
+            "overhead": guard[name]["overhead"],
+            "met": guard[name]["overhead"]["median"] <= target_ns,
+        }
+        best = guard[name].get("overhead_at_best_speed")
+        if best is not None:
+            ratios[f"pid guard ns ({label}), at the machine's best speed"] = {
+                "target": f"<= {target_ns}",
+                "overhead": best,
+                "met": best["median"] <= target_ns,
+            }
     return {"per_mode": per_mode, "ratios": ratios}
 
 
@@ -199,11 +202,15 @@ def table(data: dict[str, Any]) -> str:
             lines.append(f"  {name} ({goal}): " + "; ".join(parts or ["-"]))
         else:
             o = r["overhead"]
+            extra = (
+                f"; p10 {o['p10']:.0f} .. p90 {o['p90']:.0f}; min-min {o['min_minus_min']:.0f}"
+                if "p10" in o
+                else ""
+            )
             lines.append(
                 f"  {name} (target {r['target']}): {o['median']:.0f} ns"
-                f" [p25 {o['p25']:.0f} .. p75 {o['p75']:.0f};"
-                f" p10 {o['p10']:.0f} .. p90 {o['p90']:.0f};"
-                f" min-min {o['min_minus_min']:.0f}]" + ("" if r["met"] else " MISSED")
+                f" [p25 {o['p25']:.0f} .. p75 {o['p75']:.0f}{extra}]"
+                + ("" if r["met"] else " MISSED")
             )
     lines.append("")
     from benchmarks.pid_guard import format_report
