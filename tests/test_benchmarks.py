@@ -43,7 +43,9 @@ def test_quick_benchmark_runs_and_every_mode_served_every_request(tmp_path: Path
     for name in ("plain", "recipe", "ours", "proto"):
         assert name in data["pid_guard"]["ns_per_connect"]
     protection = data["pid_guard"]["child_gets_fresh_connection"]
-    for name in ("recipe", "ours", "proto"):
+    # Ours and the prototype protect a child after every kind of fork, hook or no hook.
+    for name in ("ours", "proto"):
         assert set(protection[name].values()) == {"replaced"}, protection
+    assert protection["plain"]["raw libc fork"] == "reused"  # the check can fail
     for chart in ("memory", "startup", "startup_cpu", "throughput", "connections", "pid_guard"):
         assert (tmp_path / f"{chart}.png").stat().st_size > 0
