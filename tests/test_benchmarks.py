@@ -1,0 +1,51 @@
+"""``python -m benchmarks --quick`` runs end to end: every mode served every request.
+
+No timing is asserted (the machines are shared); the figures are for people, in
+benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_runs_and_every_mode_served_every_request(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    ran = {r["mode"] for r in data["runs"]}
+    expected = {name for name, m in data["modes"].items() if m["available"]}
+    assert ran == expected
+    assert {"bare", "fix", "lazy", "fix_clean", "fix_keep"} <= ran
+    for run in data["runs"]:
+        assert run["error"] == "", run
+        assert run["failed"] == 0, run
+        assert run["requests"] > 0, run
+        assert run["ready_s"] is not None, run
+    # The connections row is counted, not guessed: lazy-apps workers each open their own at
+    # import, the app without import-time queries opens none before its first request.
+    by_mode = {(r["mode"], r["workers"]): r for r in data["runs"]}
+    for workers in data["workers"]:
+        assert by_mode["bare", workers]["conns_startup"] == 0
+        assert by_mode["fix_clean", workers]["conns_startup"] == 0
+        assert by_mode["lazy", workers]["conns_startup"] == workers
+    for name in ("plain", "recipe", "ours", "proto"):
+        assert name in data["pid_guard"]["ns_per_connect"]
+    protection = data["pid_guard"]["child_gets_fresh_connection"]
+    # Ours and the prototype protect a child after every kind of fork, hook or no hook.
+    for name in ("ours", "proto"):
+        assert set(protection[name].values()) == {"replaced"}, protection
+    assert protection["plain"]["raw libc fork"] == "reused"  # the check can fail
+    for chart in ("memory", "startup", "startup_cpu", "throughput", "connections", "pid_guard"):
+        assert (tmp_path / f"{chart}.png").stat().st_size > 0
