@@ -100,6 +100,14 @@ def main(argv: list[str]) -> int:
         return 1
     print_table(rows)
     status = 0 if all(r["ok"] for r in rows) else 1
+    sessions = MATRIX_DIR / "sessions.tsv"
+    if sessions.exists():
+        print("\nnox sessions (exit status, seconds):")
+        for line in sessions.read_text().splitlines():
+            name, code, seconds = line.split("\t")
+            result = "ok" if code == "0" else f"FAILED (exit {code})"
+            print(f"  {name:<28} {result:<16} {seconds} s")
+            status |= code != "0"
     if len(argv) == 3 and argv[1] in ("--check-readme", "--write-readme"):
         readme = Path(argv[2])
         text = readme.read_text()

@@ -11,7 +11,12 @@ sessions=$(.venv/bin/nox -l --json | .venv/bin/python -c \
 run_leg() {
     local leg=$1 log t0=$SECONDS
     log=".matrix/$(echo "$leg" | tr -c 'A-Za-z0-9.\n-' '_').log"
-    if .venv/bin/nox -s "$leg" >"$log" 2>&1; then
+    .venv/bin/nox -s "$leg" >"$log" 2>&1
+    local rc=$?
+    # One line per leg, read by scripts/matrix_report.py: a leg fails on its exit status
+    # (pytest also fails on warnings raised after the last test, which JUnit never shows).
+    printf '%s\t%s\t%s\n' "$leg" "$rc" "$((SECONDS - t0))" >>.matrix/sessions.tsv
+    if [ "$rc" -eq 0 ]; then
         echo "leg $leg: ok ($((SECONDS - t0)) s)"
     else
         echo "leg $leg: FAILED ($((SECONDS - t0)) s), last lines of $log:"
