@@ -314,6 +314,20 @@ def open_connections(engine: Engine) -> list[OpenedConnection]:
     ]
 
 
+def pool_connections(engine: Engine) -> list[OpenedConnection]:
+    """The same for an engine the package does not manage (the fix is off, or not set up):
+    its pool's live connections, with where each was opened, from the stamp every pool's
+    connections get once this package is imported."""
+    return [
+        OpenedConnection(
+            pid=int(record.info.get(_PID_KEY, os.getpid())),
+            origin=record_origin(record),
+            checked_out=_holder(record) is not None,
+        )
+        for record in _pool_records(engine.pool)
+    ]
+
+
 def _holder(record: Any) -> Any:
     """The proxy a checked-out record is lent to, or None when it is idle in the pool."""
     fairy_ref = getattr(record, "fairy_ref", None)

@@ -197,10 +197,14 @@ def test_disabled_fix_with_prefork_connections_is_an_error(make_app: MakeApp) ->
     data = run_json(make_app(query=True, enabled=False))
     assert codes(data)["fix-disabled"] == "error"
     assert data["extension"]["enabled"] is False
-    # Not tracked, so counted from the pool, without the code that opened it.
+    # Not managed, yet named: every pool's connections are stamped once the package is
+    # imported. No advice to set py-call-uwsgi-fork-hooks: only the fix closes them then.
     assert data["engines"][0]["managed"] is False
-    assert [c["origin"] for c in data["prefork_connections"]] == [None]
+    origins = [(c["origin"]["file"], c["origin"]["line"]) for c in data["prefork_connections"]]
+    assert origins == [(str(FACTORY), mark_line(FACTORY, "query"))]
     assert codes(data)["prefork-connection"] == "error"
+    prefork = next(f for f in data["findings"] if f["code"] == "prefork-connection")
+    assert "py-call-uwsgi-fork-hooks" not in prefork["fix"]
 
 
 def test_disabled_fix_is_info_when_lazy_apps_protects(make_app: MakeApp, tmp_path: Path) -> None:

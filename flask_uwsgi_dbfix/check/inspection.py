@@ -20,7 +20,7 @@ from sqlalchemy.pool import QueuePool
 from .. import _compat
 from ..config import DBFixConfig
 from ..registry import DEFAULT_BIND_NAME, app_engines, flask_sqlalchemy_engines
-from ..tracking import is_process_local, masked_url, open_connections
+from ..tracking import is_process_local, masked_url, open_connections, pool_connections
 from .findings import find
 from .report import (
     DEFAULT_INI,
@@ -95,21 +95,12 @@ def _inspect_engines(
         if id(engine) in known or is_process_local(engine):
             continue
         name = DEFAULT_BIND_NAME if key is None else key
-        idle, held = _pool_counts(engine)
-        described = _engine_report(name, "flask-sqlalchemy", engine, idle + held, False)
+        opened = pool_connections(engine)
+        described = _engine_report(name, "flask-sqlalchemy", engine, len(opened), False)
         engines.append(described)
-        url, pid = described.url, os.getpid()
-        prefork += [PreforkConnection(name, url, pid, False, None) for _ in range(idle)]
-        prefork += [PreforkConnection(name, url, pid, True, None) for _ in range(held)]
+        url = described.url
+        prefork += [PreforkConnection(name, url, c.pid, c.checked_out, c.origin) for c in opened]
     return tuple(engines), tuple(prefork)
-
-
-def _pool_counts(engine: Engine) -> tuple[int, int]:
-    """(idle, checked out) connections of an untracked engine, from its pool."""
-    pool = engine.pool
-    if isinstance(pool, QueuePool):
-        return pool.checkedin(), pool.checkedout()
-    return 0, 0
 
 
 def _engine_report(

@@ -72,7 +72,7 @@ class EngineReport:
     open_connections: int
     managed: bool
     """False for an engine the extension does not manage (fix disabled or not set up):
-    its connections are counted from the pool, without origins."""
+    its connections are read from the pool, with their origins all the same."""
 
 
 @dataclass(frozen=True)

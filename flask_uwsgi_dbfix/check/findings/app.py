@@ -156,8 +156,10 @@ def _master_closes(report: CheckReport, engine: str, checked_out: bool) -> bool:
 
 
 def _fork_hooks_would_help(report: CheckReport) -> bool:
-    uwsgi = report.uwsgi
-    return uwsgi is None or not uwsgi.settings.py_call_uwsgi_fork_hooks
+    """Only the extension closes the master's connections before forking."""
+    uwsgi, config = report.uwsgi, report.config
+    on = config is not None and config.enabled and config.close_before_fork
+    return on and (uwsgi is None or not uwsgi.settings.py_call_uwsgi_fork_hooks)
 
 
 def _prefork_consequence(report: CheckReport, forks: bool | None) -> str:

@@ -144,13 +144,17 @@ def py_call_uwsgi_fork_hooks(report: CheckReport, uwsgi: UwsgiReport) -> list[Fi
     """``py-call-uwsgi-fork-hooks``: the master closes idle connections before forking."""
     if not uwsgi.settings.py_call_uwsgi_fork_hooks:
         return []
+    config = report.config
+    if config is not None and config.enabled and config.close_before_fork:
+        effect = "where the extension closes its idle connections (DBFIX_CLOSE_BEFORE_FORK)"
+    else:
+        effect = "where the extension would close its idle connections, were it on"
     return [
         Finding(
             "py-call-uwsgi-fork-hooks",
             "info",
             "py-call-uwsgi-fork-hooks is on: the master runs os.register_at_fork hooks "
-            "before each worker fork, where the extension closes its idle connections "
-            "(DBFIX_CLOSE_BEFORE_FORK), and workers run their after-fork hooks.",
+            f"before each worker fork, {effect}, and workers run their after-fork hooks.",
             None,
             _ini_location(uwsgi.ini, "py-call-uwsgi-fork-hooks"),
         )
