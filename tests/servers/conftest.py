@@ -4,6 +4,7 @@ one of them at teardown."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,15 @@ KEEP_MASTER_CONNECTIONS = {"WEB_DBFIX_CLOSE_BEFORE_FORK": "0"}
 WARNING_NAME = "PreForkConnectionWarning"
 FIX = pytest.mark.parametrize("fix", [False, True], ids=["nofix", "fix"])
 """Every server/event test runs without the fix (it must show the bug) and with it."""
+
+
+@pytest.fixture(autouse=True)
+def forget_registered_engines() -> Iterator[None]:
+    """Engines these tests register() are held weakly by the package; collect them once a
+    test is done, so that later tests (``flask dbfix check`` lists every registered engine
+    of the process) never see another test's."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
