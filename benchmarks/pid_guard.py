@@ -1,11 +1,15 @@
 """Cost of the pid guard per ``engine.connect()`` + ``close()``, side by side in one run.
 
-Four engines on the same SQLite file, timed in interleaved rounds (fresh engines each
+Five engines on the same SQLite file, timed in interleaved rounds (fresh engines each
 round, so neither machine noise nor one memory layout favours one of them):
-  plain   no guard,
-  recipe  SQLAlchemy's documented connect/checkout-event recipe,
-  ours    flask_uwsgi_dbfix.tracking.track (what the package ships),
-  proto   benchmarks/guard_prototype.py (the proposed faster guard).
+  plain        no guard,
+  recipe       SQLAlchemy's documented connect/checkout-event recipe,
+  ours         flask_uwsgi_dbfix.tracking.track, what the package ships, guarding a pool
+               that was empty (a worker's pool after the post-fork dispose),
+  ours_held    the same on a pool that already held a connection when it was guarded
+               (the master's pool after import-time queries): each record's stamp is read,
+  ours_getpid  the same guard where the kernel has no MADV_WIPEONFORK page (not Linux, or
+               Linux < 4.14): os.getpid() on every checkout.
 The overhead of a guard is its time minus plain's in the same round; we report the median
 over rounds with the 10th/90th percentiles, and min(guard) - min(plain). Then the parts that
 make up the cost, and a check that each guard still protects a child after ``os.fork()``
@@ -27,8 +31,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 
-from benchmarks import guard_prototype
-from flask_uwsgi_dbfix import tracking
+from flask_uwsgi_dbfix import forkwatch, tracking
 
 NUMBER, BLOCKS = 200, 7  # per round and engine: the best of 7 blocks of 200 connects
 TARGET_NS = 250
@@ -53,6 +56,20 @@ def ours(engine: Engine) -> None:
     tracking.track(engine, pid_guard=True)
 
 
+def ours_held(engine: Engine) -> None:
+    engine.connect().close()  # the pool holds a connection before the guard is installed
+    tracking.track(engine, pid_guard=True)
+
+
+def ours_getpid(engine: Engine) -> None:
+    saved = forkwatch.WATCH
+    forkwatch.WATCH = forkwatch.ForkWatch(None)  # the guard takes the watch it is built with
+    try:
+        tracking.track(engine, pid_guard=True)
+    finally:
+        forkwatch.WATCH = saved
+
+
 def plain(engine: Engine) -> None:
     pass
 
@@ -61,8 +78,10 @@ SETUPS: dict[str, Callable[[Engine], None]] = {
     "plain": plain,
     "recipe": recipe,
     "ours": ours,
-    "proto": guard_prototype.track,
+    "ours_held": ours_held,
+    "ours_getpid": ours_getpid,
 }
+GUARDS = [name for name in SETUPS if name != "plain"]
 
 
 def _engine(setup: Callable[[Engine], None], path: str) -> Engine:
@@ -135,7 +154,7 @@ def time_parts(path: str) -> dict[str, float]:
     record = engine.pool._do_get()
     record.info[tracking._PID_KEY] = os.getpid()
     engine.pool._do_return_conn(record)
-    page = guard_prototype.WATCH.page
+    page = forkwatch.WATCH.page
 
     parts: dict[str, tuple[str, dict[str, Any]]] = {
         "os.getpid()": ("getpid()", {"getpid": os.getpid}),
@@ -146,7 +165,7 @@ def time_parts(path: str) -> dict[str, float]:
         ),
         "getattr(record, name, default)": (
             "getattr(record, k, 0)",
-            {"record": record, "k": guard_prototype._PID_ATTR},
+            {"record": record, "k": tracking._PID_ATTR},
         ),
         "one extra Python call layer": ("f()", {"f": lambda: None}),
         "empty statement (timer floor)": ("pass", {}),
@@ -183,7 +202,7 @@ def protection(path: str) -> dict[str, dict[str, str]]:
         "raw fork, connected before the guard": (libc.fork, True),
     }
     result: dict[str, dict[str, str]] = {}
-    for name in ("plain", "recipe", "ours", "proto"):
+    for name in SETUPS:
         result[name] = {}
         for fork_name, (fork, connect_first) in forks.items():
             if connect_first:
@@ -220,7 +239,7 @@ def run(rounds: int) -> dict[str, Any]:
             "rounds": rounds,
             "connects_per_round": f"best of {BLOCKS} interleaved blocks of {NUMBER}",
             "target_ns": TARGET_NS,
-            "wipeonfork_available": guard_prototype.WATCH.page is not None,
+            "wipeonfork_available": forkwatch.WATCH.page is not None,
             "ns_per_connect": time_guards(rounds, path),
             "parts_ns": time_parts(path),
             "child_gets_fresh_connection": protection(path),
@@ -234,10 +253,10 @@ def format_report(data: dict[str, Any]) -> str:
         f" of {data['connects_per_round']} (ns per connect; overhead = guard - plain in the"
         " same round, median [p25..p75] (p10..p90), and min - min; 'at best speed' scales"
         " each round by plain's fastest time over its own)",
-        f"  {'':8s} {'min':>7s} {'median':>7s} {'max':>7s}   overhead",
+        f"  {'':11s} {'min':>7s} {'median':>7s} {'max':>7s}   overhead",
     ]
     for name, e in t.items():
-        line = f"  {name:8s} {e['min']:7.0f} {e['median']:7.0f} {e['max']:7.0f}"
+        line = f"  {name:11s} {e['min']:7.0f} {e['median']:7.0f} {e['max']:7.0f}"
         if "overhead" in e:
             o = e["overhead"]
             line += (

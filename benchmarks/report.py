@@ -10,6 +10,7 @@ from benchmarks.servers import RunResult
 
 METRICS = {
     "pss_mib": "PSS MiB",
+    "worker_private_mib": "worker private MiB",
     "ready_s": "ready s",
     "ready_cpu_s": "start CPU s",
     "rps": "req/s",
@@ -28,6 +29,15 @@ TARGETS: list[tuple[str, str, str, str, float | None, str, int | None]] = [
     ("memory fix/lazy-apps", "fix", "lazy", "pss_mib", 0.30, "<=", 8),
     # The control: the same app (no DB work at import), fix on vs off.
     ("memory fix-no-import-query/bare", "fix_clean", "bare", "pss_mib", 1.02, "<=", None),
+    (
+        "worker private memory at start fix-no-import-query/bare",
+        "fix_clean",
+        "bare",
+        "worker_private_mib",
+        None,
+        "",
+        None,
+    ),
     ("time to ready fix-no-import-query/bare", "fix_clean", "bare", "ready_s", 1.05, "<=", None),
     ("start-up CPU fix-no-import-query/bare", "fix_clean", "bare", "ready_cpu_s", 1.05, "<=", None),
     ("throughput fix-no-import-query/bare", "fix_clean", "bare", "rps", 0.98, ">=", None),
@@ -47,6 +57,14 @@ USER_RATIOS: list[tuple[str, str, str, str, float | None, str, int | None]] = [
     ("time to ready prefork/lazy-apps", "prefork", "lazy", "ready_s", None, "", None),
     ("throughput prefork/lazy-apps", "prefork", "lazy", "rps", None, "", None),
 ]
+
+
+GUARD_LABELS = {
+    "recipe": "SQLAlchemy recipe",
+    "ours": "ours",
+    "ours_held": "ours, pool connected before the guard",
+    "ours_getpid": "ours, without the fork-wiped page",
+}
 
 
 def progress_line(n: int, total: int, r: RunResult) -> str:
@@ -105,7 +123,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         ratios[name] = {"target": goal, "by_workers": by_workers}
     guard = data["pid_guard"]["ns_per_connect"]
     target_ns = data["pid_guard"]["target_ns"]
-    for name, label in (("ours", "ours"), ("proto", "prototype")):
+    for name, label in GUARD_LABELS.items():
+        if name == "recipe" or name not in guard:
+            continue
         ratios[f"pid guard ns ({label})"] = {
             "target": f"<= {target_ns}",
             "overhead": guard[name]["overhead"],
@@ -165,7 +185,7 @@ def table(data: dict[str, Any]) -> str:
         "",
     ]
     cols = ["workers", "mode", *METRICS.values(), "failed"]
-    widths = [7, 42, 16, 19, 18, 16, 16, 11, 10, 6]
+    widths = [7, 42, 16, 18, 19, 18, 16, 16, 11, 10, 6]
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     per_mode = data["summary"]["per_mode"]
     for w in data["workers"]:
@@ -181,6 +201,7 @@ def table(data: dict[str, Any]) -> str:
                 str(w),
                 info["label"],
                 _fmt(e["pss_mib"], ".0f"),
+                _fmt(e["worker_private_mib"], ".2f"),
                 _fmt(e["ready_s"], ".2f"),
                 _fmt(e["ready_cpu_s"], ".2f"),
                 _fmt(e["rps"], ".0f"),
@@ -285,14 +306,13 @@ def charts(data: dict[str, Any], out: Path) -> list[Path]:
     made.append(_connections_chart(data, out, plt))
     guard = data["pid_guard"]["ns_per_connect"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = [n for n in ("recipe", "ours", "proto") if n in guard]
+    names = [n for n in GUARD_LABELS if n in guard]
     med = [guard[n]["overhead"]["median"] for n in names]
     err = [
         [med[i] - guard[n]["overhead"]["p25"] for i, n in enumerate(names)],
         [guard[n]["overhead"]["p75"] - med[i] for i, n in enumerate(names)],
     ]
-    labels = {"recipe": "SQLAlchemy recipe", "ours": "ours (shipped)", "proto": "prototype"}
-    ax.barh([labels[n] for n in names], med, xerr=err, capsize=3)
+    ax.barh([GUARD_LABELS[n] for n in names], med, xerr=err, capsize=3)
     ax.axvline(data["pid_guard"]["target_ns"], color="red", linestyle="--", label="target")
     ax.set_xlabel("overhead per engine.connect()+close() (ns; median, bars p25-p75)")
     ax.legend(fontsize=8)

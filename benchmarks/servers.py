@@ -97,6 +97,9 @@ class RunResult:
     """CPU time (user + system) master and workers had used by then: much less sensitive
     than wall time to other jobs on a shared machine."""
     pss_mib: float | None = None
+    worker_private_mib: float | None = None
+    """Mean private dirty memory of a worker once every worker has answered one probe:
+    the pages a worker no longer shares with the master (the fix's own per-worker cost)."""
     rps: float | None = None
     cpu_ms_per_req: float | None = None
     """uWSGI's CPU time (master + workers) per timed request; PostgreSQL's not included."""
@@ -121,6 +124,17 @@ def cpu_seconds(server: UwsgiServer) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / _TICK
+
+
+def worker_private_mib(server: UwsgiServer) -> float | None:
+    values = []
+    for pid in server.worker_pids():
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Private_Dirty:"):
+                    values.append(int(line.split()[1]) / 1024)
+                    break
+    return sum(values) / len(values) if values else None
 
 
 def _answered(server: UwsgiServer) -> set[int]:
@@ -187,6 +201,7 @@ def run_one(
         if _wait_all_answered(server, workers, load.ready_path, deadline=120):
             result.ready_s = time.monotonic() - started
             result.ready_cpu_s = cpu_seconds(server)
+            result.worker_private_mib = worker_private_mib(server)
         if build_path and not build:
             with contextlib.suppress(Exception):
                 build.update(get_json(server.base_url, build_path)[1])

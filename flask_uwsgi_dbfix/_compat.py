@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 
-
 def require_dispose_close() -> None:
     """Fail early, with what to do, where the fix cannot work: before SQLAlchemy 1.4.33
     ``Engine.dispose()`` has no ``close=False``, and a child that forgets inherited

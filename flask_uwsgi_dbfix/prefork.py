@@ -65,8 +65,9 @@ def _describe(found: list[InheritedConnections], lines: list[str], state: bool =
         held = f", {f.checked_out} checked out at fork time" if f.checked_out and state else ""
         lines.append(f"  engine {f.name!r} ({f.url}): {len(f.connections)} connection(s){held}")
         origins = Counter(
-            str(c.origin) if c.origin else "an unknown place (opened before flask_uwsgi_dbfix "
-            "was imported)"
+            str(c.origin)
+            if c.origin
+            else "an unknown place (opened before flask_uwsgi_dbfix was imported)"
             for c in f.connections
         )
         # Most first, then by place: the same text on every run (pools have no order).

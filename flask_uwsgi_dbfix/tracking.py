@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
@@ -25,16 +26,21 @@ import flask
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import Pool, QueuePool
 
+from . import forkwatch
 from .held import is_stand_in, replace_held
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import ConnectionPoolEntry
 
 _PID_KEY = "flask_uwsgi_dbfix.pid"
+# The same pid as an attribute of the record, for the guard: getattr(record, name, default)
+# costs about half of record.info.get(key, default) (a memoized property, then a dict).
+_PID_ATTR = "_flask_uwsgi_dbfix_pid"
 _ORIGIN_KEY = "flask_uwsgi_dbfix.origin"
-_GUARDED_ATTR = "_flask_uwsgi_dbfix_guarded"
+_UNGUARDED_ATTR = "_flask_uwsgi_dbfix_unguarded"
+"""Set on a guarded pool: its own ``_do_get``, which the guard wraps."""
 
 
 def _package_dir(module: ModuleType) -> str:
@@ -142,13 +148,18 @@ _stamped_lock = threading.Lock()
 
 def _stamp(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     """Class-level ``connect`` listener: runs for every pool, tracked or not yet."""
-    record.info[_PID_KEY] = os.getpid()
+    _set_pid(record, forkwatch.WATCH.pid())
     record.info[_ORIGIN_KEY] = caller_location()
     with _stamped_lock:
         _stamped.add(record)
 
 
 event.listen(Pool, "connect", _stamp)
+
+
+def _set_pid(record: ConnectionPoolEntry, pid: int) -> None:
+    record.info[_PID_KEY] = pid  # what the rest of the package reads
+    setattr(record, _PID_ATTR, pid)  # what the guard reads
 
 
 def record_origin(record: ConnectionPoolEntry) -> CodeLocation | None:
@@ -201,7 +212,7 @@ class _EngineTracker:
 
     def __init__(self, engine: Engine, pid_guard: bool) -> None:
         self.engine = weakref.ref(engine)
-        self.started_pid = os.getpid()
+        self.started_pid = forkwatch.WATCH.pid()
         self.pid_guard = pid_guard
         self.records: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
         self.lock = threading.Lock()
@@ -209,7 +220,7 @@ class _EngineTracker:
     def adopt(self, pool: Pool) -> None:
         """Take over what ``pool`` holds already; unstamped records are this process's."""
         for record in _pool_records(pool):
-            record.info.setdefault(_PID_KEY, os.getpid())
+            _set_pid(record, int(record.info.get(_PID_KEY, os.getpid())))
             record.info.setdefault(_ORIGIN_KEY, None)
             with self.lock:
                 self.records.add(record)
@@ -219,33 +230,65 @@ class _EngineTracker:
             self.records.add(record)
         engine = self.engine()
         if self.pid_guard and engine is not None:
-            # engine.dispose() made a new pool: it hands out nothing before this first
-            # connection of its own, so guarding it here leaves no gap.
-            self.guard(engine.pool)
+            # engine.dispose() made a new pool: it holds nothing but, at most, the
+            # connection being opened right now, in this process (any earlier one would
+            # have come through here and guarded it), so guarding it now leaves no gap.
+            self.guard(engine.pool, empty=True)
 
-    def guard(self, pool: Pool) -> None:
+    def guard(self, pool: Pool, *, empty: bool = False, again: bool = False) -> None:
         """Make ``pool`` forget, without closing, any connection another process opened.
 
         Wraps the pool's hand-out of a record, the step before SQLAlchemy looks at the
         connection: a record whose connection came from another pid gets its connection
         dropped, and SQLAlchemy connects afresh. Unlike a ``checkout`` event, this runs
         before ``pool_pre_ping`` and ``pool_recycle`` could ping or close the parent's
-        socket, and it costs about half as much (benchmarks/pid_guard.py).
-        """
-        if getattr(pool, _GUARDED_ATTR, False):
-            return
-        hand_out = pool._do_get
-        started_pid, getpid = self.started_pid, os.getpid
+        socket, and it costs a fraction as much (benchmarks/pid_guard.py).
 
-        def guarded_do_get() -> ConnectionPoolEntry:
-            record = hand_out()
-            if record.info.get(_PID_KEY, started_pid) != getpid():
-                keep_forgotten(record.dbapi_connection)
-                record.dbapi_connection = None  # type: ignore[misc]
-            return record
+        The current pid comes from :mod:`~flask_uwsgi_dbfix.forkwatch`, which notices
+        every fork, hooked or not, without a system call. ``empty``: the pool held no
+        connection when guarded, so while we are still the process that guarded it (its
+        *home*) every record it hands out was opened here and needs no look at its stamp.
+        ``again``: guard a pool guarded before anew (a child keeping an empty pool makes
+        itself its home).
+        """
+        hand_out = getattr(pool, _UNGUARDED_ATTR, None)
+        if hand_out is not None and not again:
+            return
+        hand_out = hand_out or pool._do_get
+        watch = forkwatch.WATCH
+        page, cell, refresh = watch.page, watch.cell, watch.refresh
+        started = self.started_pid
+        guarded_do_get: Callable[[], ConnectionPoolEntry]
+
+        if page is None:  # no fork-wiped page here: ask the kernel on every checkout
+            getpid = os.getpid
+
+            def guarded_do_get() -> ConnectionPoolEntry:
+                record = hand_out()
+                if getattr(record, _PID_ATTR, started) != getpid():
+                    _drop(record)
+                return record
+
+        elif empty or not _holds_connections(pool):
+            home = watch.pid()
+
+            def guarded_do_get() -> ConnectionPoolEntry:
+                record = hand_out()
+                pid = cell[0] if page[0] else refresh()
+                if pid != home and getattr(record, _PID_ATTR, started) != pid:
+                    _drop(record)
+                return record
+
+        else:
+
+            def guarded_do_get() -> ConnectionPoolEntry:
+                record = hand_out()
+                if getattr(record, _PID_ATTR, started) != (cell[0] if page[0] else refresh()):
+                    _drop(record)
+                return record
 
         setattr(pool, "_do_get", guarded_do_get)  # noqa: B010 - an instance-level override
-        setattr(pool, _GUARDED_ATTR, True)
+        setattr(pool, _UNGUARDED_ATTR, hand_out)
 
     def snapshot(self) -> list[ConnectionPoolEntry]:
         """Records with a live connection (a held one this child already replaced is not)."""
@@ -260,6 +303,25 @@ class _EngineTracker:
     def opener_pid(self, record: ConnectionPoolEntry) -> int:
         """The process that opened ``record``'s connection (the guard inlines this)."""
         return int(record.info.get(_PID_KEY, self.started_pid))
+
+
+def _drop(record: ConnectionPoolEntry) -> None:
+    """Forget another process's connection; SQLAlchemy then connects afresh."""
+    keep_forgotten(record.dbapi_connection)
+    record.dbapi_connection = None  # type: ignore[misc]
+
+
+def _holds_connections(pool: Pool) -> bool:
+    """False only if ``pool`` provably holds no connection yet (QueuePool and kin);
+    True when it does, or when it cannot tell."""
+    checkedin = getattr(pool, "checkedin", None)
+    checkedout = getattr(pool, "checkedout", None)
+    if not callable(checkedin) or not callable(checkedout):
+        return True
+    try:
+        return bool(checkedin() != 0 or checkedout() != 0)
+    except Exception:
+        return True
 
 
 _trackers: weakref.WeakKeyDictionary[Engine, _EngineTracker] = weakref.WeakKeyDictionary()
@@ -366,7 +428,10 @@ def forget_inherited(engine: Engine) -> None:
 
     Idle ones go with the old pool (``dispose(close=False)``); ones that were checked out
     at fork time get a stand-in that fails on first use with an error saying so, which
-    SQLAlchemy treats as a disconnect (see :mod:`flask_uwsgi_dbfix.held`).
+    SQLAlchemy treats as a disconnect (see :mod:`flask_uwsgi_dbfix.held`). A pool that
+    never held a connection is kept as it is: nothing to drop, and building a new pool in
+    every worker writes to pages it would otherwise share with the master
+    (benchmarks/memory_parts.py measures it).
     """
     tracker = _trackers.get(engine)
     if tracker is not None:
@@ -380,7 +445,33 @@ def forget_inherited(engine: Engine) -> None:
                 replace_held(engine, record, holder, record.info.get(_ORIGIN_KEY))
             else:
                 record.dbapi_connection = None  # type: ignore[misc]
+        if _never_connected(engine.pool):
+            if tracker.pid_guard:
+                tracker.guard(engine.pool, empty=True, again=True)
+            return
     engine.dispose(close=False)
+
+
+def _never_connected(pool: Pool) -> bool:
+    """In a forked child: True if ``pool`` can be kept as the parent left it: a plain
+    ``QueuePool`` holding no connection, none being opened, and none of its locks held by
+    a parent thread at fork time (they would stay locked here for good)."""
+    if type(pool) is not QueuePool:
+        return False  # other pools keep connections elsewhere (per thread, one static)
+    try:
+        locks = (pool._overflow_lock, pool._pool.mutex)  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
+    taken = []
+    try:
+        for lock in locks:
+            if not lock.acquire(blocking=False):
+                return False
+            taken.append(lock)
+        return pool.checkedin() == 0 and pool.checkedout() == 0
+    finally:
+        for lock in reversed(taken):
+            lock.release()
 
 
 _URL_PASSWORD = re.compile(r"(\b[\w.+-]+://[^:/?#@\s]*:)[^@\s]*@")

@@ -40,11 +40,12 @@ def test_quick_benchmark_runs_and_every_mode_served_every_request(tmp_path: Path
         assert by_mode["bare", workers]["conns_startup"] == 0
         assert by_mode["fix_clean", workers]["conns_startup"] == 0
         assert by_mode["lazy", workers]["conns_startup"] == workers
-    for name in ("plain", "recipe", "ours", "proto"):
+    for name in ("plain", "recipe", "ours", "ours_held", "ours_getpid"):
         assert name in data["pid_guard"]["ns_per_connect"]
     protection = data["pid_guard"]["child_gets_fresh_connection"]
-    # Ours and the prototype protect a child after every kind of fork, hook or no hook.
-    for name in ("ours", "proto"):
+    # Every variant of the shipped guard protects a child after every kind of fork, hook or
+    # no hook, whether the pool was empty or not when guarded, with or without the page.
+    for name in ("ours", "ours_held", "ours_getpid"):
         assert set(protection[name].values()) == {"replaced"}, protection
     assert protection["plain"]["raw libc fork"] == "reused"  # the check can fail
     for chart in ("memory", "startup", "startup_cpu", "throughput", "connections", "pid_guard"):

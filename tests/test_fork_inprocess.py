@@ -5,9 +5,11 @@ The child reports over a pipe; the parent then proves its own connection still w
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
+import select
 import signal
 import threading
 import time
@@ -19,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from flask_uwsgi_dbfix import register, registry, tracking
+from flask_uwsgi_dbfix import forkwatch, register, registry, tracking
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
 BACKEND = text(
@@ -27,10 +29,21 @@ BACKEND = text(
 )
 
 
-def in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def raw_fork() -> int:
+    """libc's fork() called directly: no Python at-fork hook runs, as when uWSGI (without
+    py-call-osafterfork) or a C extension forks."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fork.restype = ctypes.c_int
+    return int(libc.fork())
+
+
+def in_child(
+    work: Callable[[], dict[str, Any]], fork: Callable[[], int] = os.fork
+) -> dict[str, Any]:
     """Run ``work`` in a forked child; return its result (or its error) as a dict."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    pid = fork()
+    assert pid >= 0, "fork failed"
     if pid == 0:  # child: never return into pytest
         os.close(read_fd)
         try:
@@ -41,11 +54,29 @@ def in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         os.write(write_fd, json.dumps(result).encode())
         os._exit(0)
     os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
+    data = _read_until_eof(read_fd, pid, timeout=60)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     return dict(json.loads(data))
+
+
+def _read_until_eof(fd: int, pid: int, timeout: float) -> bytes:
+    """The child's report; a child that hangs (even inside fork's own hooks) is killed."""
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail(f"the forked child hung for {timeout} s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 def backend(engine: Engine) -> tuple[int, bool]:
@@ -97,25 +128,66 @@ def test_control_a_child_that_closes_the_inherited_connection_breaks_the_parent(
             conn.execute(text("SELECT 1"))
 
 
+@pytest.mark.parametrize("fork", [os.fork, raw_fork], ids=["os.fork", "raw_fork"])
 @pytest.mark.parametrize("pre_ping", [False, True], ids=["plain", "pool_pre_ping"])
+@pytest.mark.parametrize("page", [True, False], ids=["fork_page", "getpid"])
+@pytest.mark.parametrize("connect_first", [False, True], ids=["empty_pool", "connected_pool"])
 def test_pid_guard_replaces_a_connection_checked_out_in_another_process(
-    fresh_db: Callable[[], str], pre_ping: bool
+    fresh_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+    fork: Callable[[], int],
+    pre_ping: bool,
+    page: bool,
+    connect_first: bool,
 ) -> None:
     """With pool_pre_ping, SQLAlchemy's checkout-event recipe would let the child's ping
-    write on the inherited TLS stream first; the guard drops the connection before that."""
+    write on the inherited TLS stream first; the guard drops the connection before that.
+
+    Whoever forks (a raw fork runs no Python hook), whether the kernel's fork-wiped page is
+    there or the guard falls back to os.getpid(), and whether the pool was empty when it
+    was guarded (the guard's fast path in its home process) or already held a connection.
+    """
+    if not page:
+        monkeypatch.setattr(forkwatch, "WATCH", forkwatch.ForkWatch(None))
+    elif forkwatch.WATCH.page is None:
+        pytest.skip("no MADV_WIPEONFORK page on this kernel: the getpid case covers it")
     engine = create_engine(fresh_db(), pool_size=1, max_overflow=0, pool_pre_ping=pre_ping)
     try:
+        if connect_first:
+            parent_backend, _ = backend(engine)
         # Tracked but not registered: no at-fork hook disposes it, only the guard protects.
         tracking.track(engine, pid_guard=True)
-        parent_backend, _ = backend(engine)
+        if not connect_first:
+            parent_backend, _ = backend(engine)
 
-        child = in_child(lambda: {"backend": backend(engine)})
+        child = in_child(lambda: {"backend": backend(engine)}, fork)
 
         assert "error" not in child, child
         assert child["backend"][0] != parent_backend
         assert backend(engine) == (parent_backend, True)
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("fork", [os.fork, raw_fork], ids=["os.fork", "raw_fork"])
+def test_pid_guard_in_a_grandchild(engine: Engine, fork: Callable[[], int]) -> None:
+    """A child's pool is guarded in the child (its new home); a fork of that child must
+    still get its own connection, not the child's."""
+    tracking.track(engine, pid_guard=True)
+    parent_backend, _ = backend(engine)
+
+    def child_work() -> dict[str, Any]:
+        own = backend(engine)[0]
+        grandchild = in_child(lambda: {"backend": backend(engine)}, fork)
+        return {"own": own, "grandchild": grandchild, "own_after": backend(engine)[0]}
+
+    child = in_child(child_work, fork)
+    assert "error" not in child, child
+    assert "error" not in child["grandchild"], child
+    backends = {parent_backend, child["own"], child["grandchild"]["backend"][0]}
+    assert len(backends) == 3, child
+    assert child["own_after"] == child["own"]
+    assert backend(engine) == (parent_backend, True)
 
 
 def test_without_guard_or_hook_the_child_reuses_the_parents_backend(engine: Engine) -> None:
@@ -176,3 +248,65 @@ def test_fork_while_another_thread_holds_the_extensions_locks_does_not_hang(
     finally:
         release.set()
         thread.join()
+
+
+def _fork_with_warnings_off(fork: Callable[[], int], work: Callable[[], dict[str, Any]]) -> Any:
+    with warnings.catch_warnings():  # Python 3.12+ warns about forking with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return in_child(work, fork)
+
+
+def test_a_pool_that_never_connected_is_kept_and_the_child_still_gets_its_own(
+    engine: Engine,
+) -> None:
+    """Nothing to drop: the child keeps the parent's empty pool (a new one per worker costs
+    memory), guards it as its own, and a fork of the child still gets a connection of its
+    own rather than the child's."""
+    register(engine, name="empty")
+    parent_pool = id(engine.pool)
+
+    def child_work() -> dict[str, Any]:
+        kept = id(engine.pool) == parent_pool
+        own = backend(engine)[0]
+        grandchild = in_child(lambda: {"backend": backend(engine)}, raw_fork)
+        return {"kept": kept, "own": own, "grandchild": grandchild, "again": backend(engine)[0]}
+
+    child = in_child(child_work)
+    assert "error" not in child, child
+    assert child["kept"] is True
+    assert child["grandchild"]["backend"][0] != child["own"], child
+    assert child["again"] == child["own"]
+    parent_backend, _ = backend(engine)
+    assert parent_backend not in (child["own"], child["grandchild"]["backend"][0])
+
+
+@pytest.mark.parametrize("lock", ["_overflow_lock", "_pool.mutex"])
+def test_a_pool_whose_lock_a_parent_thread_held_at_fork_is_replaced(
+    engine: Engine, lock: str
+) -> None:
+    """A lock held by another thread at fork time stays held in the child for good: the
+    child must not keep that pool, even though it holds no connection."""
+    register(engine, name="locked_pool")
+    parent_pool = id(engine.pool)
+    target: Any = engine.pool
+    for part in lock.split("."):
+        target = getattr(target, part)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with target:
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        child = _fork_with_warnings_off(
+            os.fork, lambda: {"kept": id(engine.pool) == parent_pool, "backend": backend(engine)}
+        )
+    finally:
+        release.set()
+        thread.join()
+    assert "error" not in child, child
+    assert child["kept"] is False

@@ -20,6 +20,11 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_ruff_format_is_clean() -> None:
+    result = run("ruff", "format", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_strict_is_clean_on_the_package() -> None:
     result = run("mypy")  # pyproject: strict, packages = ["flask_uwsgi_dbfix"]
     assert result.returncode == 0, result.stdout + result.stderr

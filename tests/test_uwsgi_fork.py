@@ -204,9 +204,7 @@ def test_with_fix_a_workers_first_query_through_the_session_works(serve: StartUw
     sqlalchemy.__version__.startswith("1."),
     reason="SQLAlchemy 1.4 has no psycopg 3 dialect (postgresql+psycopg is new in 2.0)",
 )
-def test_psycopg3_has_the_same_bug_and_the_same_cure(
-    serve: StartUwsgi, pg: PostgresServer
-) -> None:
+def test_psycopg3_has_the_same_bug_and_the_same_cure(serve: StartUwsgi, pg: PostgresServer) -> None:
     url = {"DATABASE_URL": pg.url(driver="postgresql+psycopg")}
     broken = serve(fix=False, env=url)
     firsts = first_queries(broken, workers=4)

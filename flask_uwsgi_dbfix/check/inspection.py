@@ -67,7 +67,6 @@ def build_report(
     return dataclasses.replace(report, findings=find(report))
 
 
-
 # -- the app's engines -----------------------------------------------------------------
 
 

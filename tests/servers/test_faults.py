@@ -156,9 +156,7 @@ def test_flaskdbfix_twice_on_one_app_says_so_and_keeps_the_first(tmp_path: Path)
 @pytest.mark.parametrize(
     "thing", ["a URL string", "a Connection", "Flask-SQLAlchemy's db", "an AsyncEngine"]
 )
-def test_register_of_something_that_is_not_an_engine(
-    pg: PostgresServer, thing: str
-) -> None:
+def test_register_of_something_that_is_not_an_engine(pg: PostgresServer, thing: str) -> None:
     from flask_sqlalchemy import SQLAlchemy
 
     url = pg.url()

@@ -30,9 +30,7 @@ def own_pg() -> Iterator[PostgresServer]:
 
 @FIX
 @pytest.mark.parametrize("pre_ping", [False, True], ids=["no-pre-ping", "pre-ping"])
-def test_postgres_restart(
-    web: StartWeb, own_pg: PostgresServer, fix: bool, pre_ping: bool
-) -> None:
+def test_postgres_restart(web: StartWeb, own_pg: PostgresServer, fix: bool, pre_ping: bool) -> None:
     env = {"DATABASE_URL": own_pg.url(), "PRE_PING": "1" if pre_ping else "0"}
     server = web(fix=fix, processes=WORKERS, env=env)
     log_start = own_pg.log_path.stat().st_size

@@ -50,9 +50,7 @@ def all_workers_replaced(server: UwsgiServer, old: set[int], processes: int) -> 
 
 @FIX
 @pytest.mark.parametrize("trigger", ["sighup", "touch-reload"])
-def test_graceful_reload_under_load(
-    web: StartWeb, tmp_path: Path, fix: bool, trigger: str
-) -> None:
+def test_graceful_reload_under_load(web: StartWeb, tmp_path: Path, fix: bool, trigger: str) -> None:
     """The master re-executes itself and imports the app again (a new import-time
     connection), then forks new workers: the bug comes back after every reload, and the fix
     must act, and warn, again."""
@@ -98,9 +96,7 @@ def test_graceful_reload_under_load(
 
 
 @FIX
-def test_kill_9_of_workers_loses_only_their_requests_in_flight(
-    web: StartWeb, fix: bool
-) -> None:
+def test_kill_9_of_workers_loses_only_their_requests_in_flight(web: StartWeb, fix: bool) -> None:
     """Respawned workers are forked from the master again, long after its connection was
     used (by the first workers without the fix): they must get their own."""
     server = web(fix=fix, processes=3)
@@ -204,8 +200,10 @@ def test_mule_and_spooler_use_the_database(web: StartWeb, tmp_path: Path, fix: b
     assert status == 200, body
     loaded = run_load(server.base_url, "/query", total=150, concurrency=6, deadline=60)
     wait_for(
-        lambda: len(read_results(results_dir, "mule")) >= 20
-        and len(read_results(results_dir, "spooler")) >= 20,
+        lambda: (
+            len(read_results(results_dir, "mule")) >= 20
+            and len(read_results(results_dir, "spooler")) >= 20
+        ),
         "20 mule and 20 spooler results",
     )
     mule, spooler = read_results(results_dir, "mule"), read_results(results_dir, "spooler")
@@ -253,4 +251,3 @@ def test_harakiri_kills_a_request_stuck_on_the_database(web: StartWeb, fix: bool
     assert found.isolated, found.summary()
     assert on_respawned.results > 0 and on_respawned.isolated
     assert warnings_in(server) == 1
-

@@ -18,9 +18,7 @@ from sqlalchemy import text
 
 from flask_uwsgi_dbfix import FlaskDBFix
 
-PROBE = text(
-    "SELECT pg_backend_pid(), (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())"
-)
+PROBE = text("SELECT pg_backend_pid(), (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())")
 
 
 def celery_init_app(app: Flask) -> Celery:

@@ -30,9 +30,7 @@ try:
 except ImportError:  # gunicorn, the flask CLI
     uwsgi = None
 
-PROBE = text(
-    "SELECT pg_backend_pid(), (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())"
-)
+PROBE = text("SELECT pg_backend_pid(), (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())")
 
 app = Flask(__name__)
 app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
