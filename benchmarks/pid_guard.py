@@ -194,7 +194,7 @@ def _check_in_child(engine: Engine, parent_dbapi: Any) -> int:
 def protection(path: str) -> dict[str, dict[str, str]]:
     """For each guard: does a child get a fresh connection after os.fork() (hooks run) and
     after libc fork() called directly (no Python hook runs, like a fork in C code)?"""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = ctypes.PyDLL(None, use_errno=True)  # keeps the GIL across fork()
     forks: dict[str, tuple[Callable[[], int], bool]] = {
         "os.fork": (os.fork, False),
         "raw libc fork": (libc.fork, False),

@@ -247,7 +247,8 @@ class _EngineTracker:
         The current pid comes from :mod:`~flask_uwsgi_dbfix.forkwatch`, which notices
         every fork, hooked or not, without a system call. ``empty``: the pool held no
         connection when guarded, so while we are still the process that guarded it (its
-        *home*) every record it hands out was opened here and needs no look at its stamp.
+        *home*, known by its :class:`~flask_uwsgi_dbfix.forkwatch.ForkWatch` generation)
+        every record it hands out was opened here and needs no look at its stamp.
         ``again``: guard a pool guarded before anew (a child keeping an empty pool makes
         itself its home).
         """
@@ -270,12 +271,15 @@ class _EngineTracker:
                 return record
 
         elif empty or not _holds_connections(pool):
-            home = watch.pid()
+            # The home process is told by its generation, not its pid: a later process may
+            # be given the same pid once the home process has exited.
+            home = watch.generation()
 
             def guarded_do_get() -> ConnectionPoolEntry:
                 record = hand_out()
-                pid = cell[0] if page[0] else refresh()
-                if pid != home and getattr(record, _PID_ATTR, started) != pid:
+                if not page[0]:
+                    refresh()
+                if cell[1] != home and getattr(record, _PID_ATTR, started) != cell[0]:
                     _drop(record)
                 return record
 

@@ -31,8 +31,9 @@ BACKEND = text(
 
 def raw_fork() -> int:
     """libc's fork() called directly: no Python at-fork hook runs, as when uWSGI (without
-    py-call-osafterfork) or a C extension forks."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    py-call-osafterfork) or a C extension forks. PyDLL keeps the GIL across the call: a
+    child forked while another thread held it would hang."""
+    libc = ctypes.PyDLL(None, use_errno=True)
     libc.fork.restype = ctypes.c_int
     return int(libc.fork())
 
