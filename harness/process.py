@@ -6,8 +6,6 @@ test can read what it printed and stop it, and everything it forked, by its own 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -18,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .spawn import spawn_logged
-from .uwsgi import _children, group_pids
+from .spawn import _children, spawn_logged, stop_group
 
 
 @dataclass
@@ -46,19 +43,7 @@ class ServerProcess:
     ) -> None:
         """``sig`` to the main process, then SIGKILL to its group; idempotent.
         ``graceful=False``: SIGKILL at once."""
-        pgid = self.process.pid
-        if graceful and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
-        deadline = time.monotonic() + 5
-        while group_pids(pgid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        stop_group(self.process, timeout, sig, graceful=graceful)
 
 
 def free_port() -> int:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .spawn import spawn_logged
+from .spawn import _children, spawn_logged, stop_group
+from .spawn import group_pids as group_pids  # tests import it from here
 
 _SPAWNED = re.compile(r"spawned uWSGI worker (\d+)")
 
@@ -65,53 +66,7 @@ class UwsgiServer:
 
         ``graceful=False`` skips the SIGTERM (uWSGI buries workers in whole seconds): for
         tests that are done with the server and only need it gone."""
-        pgid = self.process.pid
-        if graceful and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # Workers that outlive the master (or a hung master) must not leak into other tests.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
-        deadline = time.monotonic() + 5
-        while group_pids(pgid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    found = []
-    for pid, stat in _proc_stats():
-        state, _ppid, pgrp = stat[0], stat[1], stat[2]
-        if int(pgrp) == pgid and state != "Z":
-            found.append(pid)
-    return found
-
-
-def _proc_stats() -> Iterator[tuple[int, list[str]]]:
-    """(pid, fields after the command name) for every process; vanished ones are skipped."""
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                text = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            yield int(entry.name), text.rsplit(")", 1)[1].split()
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:  # kernel without CONFIG_PROC_CHILDREN, or pid gone
-        if not Path(f"/proc/{pid}").exists():
-            return []
-        return sorted(p for p, stat in _proc_stats() if int(stat[1]) == pid and stat[0] != "Z")
-    return sorted(int(p) for p in text.split())
+        stop_group(self.process, timeout, signal.SIGTERM, graceful=graceful)
 
 
 def uwsgi_command() -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -14,6 +16,21 @@ from harness.uwsgi import UwsgiServer, start_uwsgi
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_names = itertools.count(1)
+_PYTEST_PID = os.getpid()
+
+
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a CI time-out, ``timeout``, ``kill``) ends pytest like Ctrl-C does, so the
+    fixtures' teardown and the harness's atexit stop every server it started; Python's
+    default for SIGTERM is to die on the spot and leave them running. A forked child of a
+    test just exits."""
+    if os.getpid() != _PYTEST_PID:
+        os._exit(128 + signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
 @pytest.fixture(scope="session")

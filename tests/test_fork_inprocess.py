@@ -5,6 +5,7 @@ The child reports over a pipe; the parent then proves its own connection still w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -78,6 +79,28 @@ def _read_until_eof(fd: int, pid: int, timeout: float) -> bytes:
             chunks.append(chunk)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def held_by_another_thread(*locks: Any) -> Iterator[None]:
+    """Another thread holds ``locks`` for the duration (a fork then copies them held)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with contextlib.ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        yield
+    finally:
+        release.set()
+        thread.join()
 
 
 def backend(engine: Engine) -> tuple[int, bool]:
@@ -223,17 +246,7 @@ def test_fork_while_another_thread_holds_the_extensions_locks_does_not_hang(
     """A lock held by another thread at fork time is never released in the child; the
     at-fork hook must not wait for it."""
     register(engine, name="locked")
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_locks() -> None:
-        with registry._lock, tracking._trackers_lock:
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=hold_locks)
-    thread.start()
-    try:
-        assert holding.wait(10)
+    with held_by_another_thread(registry._lock, tracking._trackers_lock):
         with warnings.catch_warnings():  # Python 3.12+ warns about forking with threads
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
@@ -246,9 +259,6 @@ def test_fork_while_another_thread_holds_the_extensions_locks_does_not_hang(
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         assert done[0] == pid, "the child hung in the after-fork hook"
-    finally:
-        release.set()
-        thread.join()
 
 
 def _fork_with_warnings_off(fork: Callable[[], int], work: Callable[[], dict[str, Any]]) -> Any:
@@ -292,22 +302,9 @@ def test_a_pool_whose_lock_a_parent_thread_held_at_fork_is_replaced(
     target: Any = engine.pool
     for part in lock.split("."):
         target = getattr(target, part)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with target:
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert holding.wait(10)
+    with held_by_another_thread(target):
         child = _fork_with_warnings_off(
             os.fork, lambda: {"kept": id(engine.pool) == parent_pool, "backend": backend(engine)}
         )
-    finally:
-        release.set()
-        thread.join()
     assert "error" not in child, child
     assert child["kept"] is False

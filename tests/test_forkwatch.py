@@ -43,13 +43,11 @@ def test_a_child_sees_the_page_wiped_and_learns_its_own_pid(fork: Callable[[], i
         }
 
     seen = in_child(child, fork)
-    assert seen == {
-        "wiped": True,
-        "pid_right": True,
-        "generation": seen["generation"],
-        "armed_again": True,
-    }, seen
-    assert seen["generation"] > parent_generation
+    # After os.fork the package's own at-fork hook may have read the watch (and re-armed the
+    # page) before this code ran; after a raw fork nothing ran before it.
+    assert seen["wiped"] or fork is os.fork, seen
+    assert seen["pid_right"] and seen["armed_again"], seen
+    assert seen["generation"] > parent_generation, seen
     assert watch.generation() == parent_generation  # the parent's page is untouched
 
 
