@@ -58,6 +58,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve your WSGI app instead (uWSGI --module syntax, e.g. myproj.wsgi:app); "
         "runs 'prefork' and 'lazy-apps'. DATABASE_URL is passed to it.",
     )
+    p.add_argument(
+        "--app-dir",
+        type=Path,
+        help="with --app: your project's directory; uWSGI runs there with it on the Python "
+        "path (default: this repository, for an app installed into .venv)",
+    )
+    p.add_argument(
+        "--label",
+        default="",
+        help="with --app: what this run is (e.g. 'with FlaskDBFix'), shown in the table",
+    )
     p.add_argument("--path", default="/query", help="path the load hits (JSON object, 200)")
     p.add_argument(
         "--ready-path", default="/ping", help="path probed until every worker has answered"
@@ -75,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--workers, --repeats and --requests must be positive")
     if args.app and ":" not in args.app and not args.app.endswith(".py"):
         p.error(f"--app {args.app!r}: expected module:callable (as uWSGI's --module takes)")
+    if (args.app_dir or args.label) and not args.app:
+        p.error("--app-dir and --label go with --app")
+    if args.app_dir is not None:
+        if not args.app_dir.is_dir():
+            p.error(f"--app-dir {str(args.app_dir)!r}: no such directory")
+        args.app_dir = args.app_dir.resolve()
     return args
 
 
@@ -220,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 log_root=log_root,
                 build_path="" if args.app else "/build",
                 build=build,
+                app_dir=args.app_dir,
             )
             runs.append(as_dict(result))
             print(report.progress_line(n, len(plan), result), flush=True)
@@ -235,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             ["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]
         ),
         "app": args.app or BENCH_APP,
+        "app_dir": str(args.app_dir) if args.app_dir else "",
+        "label": args.label,
         "app_build": build,
         "load": load.__dict__,
         "workers": args.workers,

@@ -98,6 +98,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 m: spread([r[m] for r in mine if r[m] is not None]) for m in METRICS
             }
             entry["failed"] = sum(r["failed"] for r in mine)
+            entry["down"] = sum(bool(r["error"]) or r["ready_s"] is None for r in mine)
             entry["runs"] = len(mine)
             per_mode.setdefault(mode, {})[str(w)] = entry
     ratios: dict[str, dict[str, Any]] = {}
@@ -171,6 +172,8 @@ def table(data: dict[str, Any]) -> str:
         + ", ".join(f"{k} {val}" for k, val in v.items() if k != "uwsgi")
         + f", uWSGI {v['uwsgi']}",
         f"app: {data['app']}"
+        + (f" [{data['label']}]" if data.get("label") else "")
+        + (f" in {data['app_dir']}" if data.get("app_dir") else "")
         + (
             f"; its import builds {b['rss_growth_mib']:.0f} MiB (RSS growth) in "
             f"{b['seconds']:.1f} s: {b['models']} models, {b['routes']} URL rules, "
@@ -208,7 +211,7 @@ def table(data: dict[str, Any]) -> str:
                 _fmt(e["cpu_ms_per_req"], ".1f"),
                 _fmt(e["conns_startup"], ".0f"),
                 _fmt(e["conns_loaded"], ".0f"),
-                str(e["failed"]),
+                str(e["failed"]) + (f" ({e['down']} did not start)" if e.get("down") else ""),
             ]
             lines.append("  ".join(c.ljust(wd) for c, wd in zip(cells, widths, strict=True)))
         lines.append("")

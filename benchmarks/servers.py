@@ -165,16 +165,18 @@ def run_one(
     log_root: Path,
     build_path: str = "",
     build: dict[str, Any] | None = None,
+    app_dir: Path | None = None,
 ) -> RunResult:
     """Start ``app`` with ``workers`` workers, measure, stop. Fills ``build`` (once) from
-    ``build_path`` (the bench app's description of what its import built)."""
+    ``build_path`` (the bench app's description of what its import built). ``app_dir``:
+    the user's project, where uWSGI runs with it on the Python path (default: ROOT)."""
     build = {} if build is None else build
     result = RunResult(mode.name, workers, repeat)
     args = [
         "--master",
         "--processes", str(workers),
-        "--chdir", str(ROOT),
-        "--pythonpath", str(ROOT),
+        "--chdir", str(app_dir or ROOT),
+        "--pythonpath", str(app_dir or ROOT),
         "--module", app,
         "--need-app",
         "--listen", "128",

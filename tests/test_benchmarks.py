@@ -50,3 +50,81 @@ def test_quick_benchmark_runs_and_every_mode_served_every_request(tmp_path: Path
     assert protection["plain"]["raw libc fork"] == "reused"  # the check can fail
     for chart in ("memory", "startup", "startup_cpu", "throughput", "connections", "pid_guard"):
         assert (tmp_path / f"{chart}.png").stat().st_size > 0
+
+
+USER_APP = """
+import os
+
+from flask import Flask
+from sqlalchemy import create_engine, text
+
+app = Flask(__name__)
+engine = create_engine(os.environ["DATABASE_URL"])
+
+
+@app.get("/ping")
+def ping():
+    return "<p>up</p>"  # HTML is fine for --ready-path
+
+
+@app.get("/db")
+def db():
+    with engine.connect() as conn:
+        return {"one": conn.execute(text("SELECT 1")).scalar()}
+
+
+@app.get("/private")
+def private():
+    return {"error": "Unauthorized"}, 401
+"""
+
+
+def test_your_own_app_from_its_directory(tmp_path: Path) -> None:
+    """--app with --app-dir: a project that is not installed, served from its own directory
+    (nothing written into this repository), labelled; a path that needs a login fails."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "userapp.py").write_text(USER_APP)
+    common = ["--app", "userapp:app", "--app-dir", str(project), "--label", "my label"]
+    common += ["--workers", "1", "--repeats", "1", "--requests", "20", "--guard-rounds", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *common, "--path", "/db", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert data["label"] == "my label" and data["app_dir"] == str(project)
+    assert {r["mode"] for r in data["runs"]} == {"prefork", "lazy"}
+    assert all(r["failed"] == 0 and r["requests"] > 0 for r in data["runs"]), data["runs"]
+    assert "[my label]" in (tmp_path / "benchmarks.txt").read_text()
+
+    denied = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *common, "--path", "/private"]
+        + ["--out", str(tmp_path / "denied")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert denied.returncode == 1
+    assert "FAILED: prefork" in denied.stderr
+
+
+def test_bad_arguments_get_a_message_not_a_traceback(tmp_path: Path) -> None:
+    for args, message in [
+        (["--app", "x:app", "--app-dir", str(tmp_path / "nope")], "no such directory"),
+        (["--label", "x"], "go with --app"),
+        (["--app", "nocolon"], "expected module:callable"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
