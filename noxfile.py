@@ -43,6 +43,7 @@ os.environ["UV_PYTHON_DOWNLOADS"] = "never"
 FORK_TESTS = [
     "tests/test_uwsgi_fork.py",
     "tests/test_fork_inprocess.py",
+    "tests/test_forkwatch.py",
     "tests/test_extension.py",
     "tests/test_prefork_warning.py",
 ]

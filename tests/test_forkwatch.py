@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
 
 from flask_uwsgi_dbfix import forkwatch, tracking
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
@@ -78,7 +79,10 @@ def test_a_kernel_without_wipeonfork_falls_back() -> None:
 @pytest.fixture
 def sqlite_engine() -> Iterator[Engine]:
     with tempfile.TemporaryDirectory() as tmp:
-        engine = create_engine(f"sqlite:///{tmp}/t.db", pool_size=1, max_overflow=0)
+        # QueuePool named: SQLAlchemy 1.4 gives a SQLite file NullPool.
+        engine = create_engine(
+            f"sqlite:///{tmp}/t.db", poolclass=QueuePool, pool_size=1, max_overflow=0
+        )
         yield engine
         engine.dispose()
 
