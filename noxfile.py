@@ -1,7 +1,7 @@
 """The version matrix: one nox session per leg, each in its own uv-made venv.
 
     .venv/bin/nox -l                 # list the legs
-    .venv/bin/nox -s "fork-3.12(sqlalchemy='2.1', driver='psycopg2')"   # one leg
+    .venv/bin/nox -s "fork(3.12-sa2.1-psycopg)"   # one leg
     .venv/bin/nox                    # every leg (what .ci/run does), then the table
 
 Locked legs install exactly what ``uv.lock`` holds (``uv sync --locked``), with only the
