@@ -308,7 +308,7 @@ def charts(data: dict[str, Any], out: Path) -> list[Path]:
         made.append(path)
     made.append(_connections_chart(data, out, plt))
     guard = data["pid_guard"]["ns_per_connect"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
     names = [n for n in GUARD_LABELS if n in guard]
     med = [guard[n]["overhead"]["median"] for n in names]
     err = [
@@ -317,7 +317,7 @@ def charts(data: dict[str, Any], out: Path) -> list[Path]:
     ]
     ax.barh([GUARD_LABELS[n] for n in names], med, xerr=err, capsize=3)
     ax.axvline(data["pid_guard"]["target_ns"], color="red", linestyle="--", label="target")
-    ax.set_xlabel("overhead per engine.connect()+close() (ns; median, bars p25-p75)")
+    ax.set_xlabel("overhead per engine.connect() + close(), ns (median, bars p25-p75)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "pid_guard.png"
