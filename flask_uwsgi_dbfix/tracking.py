@@ -270,7 +270,7 @@ class _EngineTracker:
                     _drop(record)
                 return record
 
-        elif empty or not _holds_connections(pool):
+        elif empty or _is_empty(pool):
             # The home process is told by its generation, not its pid: a later process may
             # be given the same pid once the home process has exited.
             home = watch.generation()
@@ -315,17 +315,17 @@ def _drop(record: ConnectionPoolEntry) -> None:
     record.dbapi_connection = None  # type: ignore[misc]
 
 
-def _holds_connections(pool: Pool) -> bool:
-    """False only if ``pool`` provably holds no connection yet (QueuePool and kin);
-    True when it does, or when it cannot tell."""
+def _is_empty(pool: Pool) -> bool:
+    """True only if ``pool`` provably holds no connection, idle or lent out (QueuePool and
+    kin); False when it does, or when it cannot tell."""
     checkedin = getattr(pool, "checkedin", None)
     checkedout = getattr(pool, "checkedout", None)
     if not callable(checkedin) or not callable(checkedout):
-        return True
+        return False
     try:
-        return bool(checkedin() != 0 or checkedout() != 0)
+        return bool(checkedin() == 0 and checkedout() == 0)
     except Exception:
-        return True
+        return False
 
 
 _trackers: weakref.WeakKeyDictionary[Engine, _EngineTracker] = weakref.WeakKeyDictionary()
@@ -434,8 +434,8 @@ def forget_inherited(engine: Engine) -> None:
     at fork time get a stand-in that fails on first use with an error saying so, which
     SQLAlchemy treats as a disconnect (see :mod:`flask_uwsgi_dbfix.held`). A pool that
     never held a connection is kept as it is: nothing to drop, and building a new pool in
-    every worker writes to pages it would otherwise share with the master
-    (benchmarks/memory_parts.py measures it).
+    every worker writes to pages it would otherwise share with the master (about 1.6 MiB
+    per worker, docs/benchmarks.md).
     """
     tracker = _trackers.get(engine)
     if tracker is not None:
@@ -472,7 +472,7 @@ def _never_connected(pool: Pool) -> bool:
             if not lock.acquire(blocking=False):
                 return False
             taken.append(lock)
-        return pool.checkedin() == 0 and pool.checkedout() == 0
+        return _is_empty(pool)
     finally:
         for lock in reversed(taken):
             lock.release()

@@ -14,14 +14,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_benchmark_runs_and_every_mode_served_every_request(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks ARGS`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
+
+
+def test_quick_benchmark_runs_and_every_mode_served_every_request(tmp_path: Path) -> None:
+    done = bench("--quick", "--out", str(tmp_path), timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads((tmp_path / "benchmarks.json").read_text())
     ran = {r["mode"] for r in data["runs"]}
@@ -87,13 +92,7 @@ def test_your_own_app_from_its_directory(tmp_path: Path) -> None:
     (project / "userapp.py").write_text(USER_APP)
     common = ["--app", "userapp:app", "--app-dir", str(project), "--label", "my label"]
     common += ["--workers", "1", "--repeats", "1", "--requests", "20", "--guard-rounds", "1"]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *common, "--path", "/db", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = bench(*common, "--path", "/db", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads((tmp_path / "benchmarks.json").read_text())
     assert data["label"] == "my label" and data["app_dir"] == str(project)
@@ -101,14 +100,7 @@ def test_your_own_app_from_its_directory(tmp_path: Path) -> None:
     assert all(r["failed"] == 0 and r["requests"] > 0 for r in data["runs"]), data["runs"]
     assert "[my label]" in (tmp_path / "benchmarks.txt").read_text()
 
-    denied = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *common, "--path", "/private"]
-        + ["--out", str(tmp_path / "denied")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    denied = bench(*common, "--path", "/private", "--out", str(tmp_path / "denied"))
     assert denied.returncode == 1
     assert "FAILED: prefork" in denied.stderr
 
@@ -119,12 +111,6 @@ def test_bad_arguments_get_a_message_not_a_traceback(tmp_path: Path) -> None:
         (["--label", "x"], "go with --app"),
         (["--app", "nocolon"], "expected module:callable"),
     ]:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = bench(*args, timeout=60)
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
