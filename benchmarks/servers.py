@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.load import get_json, run_load
-from harness.uwsgi import UwsgiServer, start_uwsgi
+from harness.uwsgi import UwsgiServer, app_args, start_uwsgi
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_APP = "benchmarks.app:app"
@@ -173,15 +173,11 @@ def run_one(
     build = {} if build is None else build
     result = RunResult(mode.name, workers, repeat)
     args = [
-        "--master",
-        "--processes", str(workers),
-        "--chdir", str(app_dir or ROOT),
-        "--pythonpath", str(app_dir or ROOT),
-        "--module", app,
-        "--need-app",
-        "--listen", "128",
+        *app_args(app, processes=workers, root=app_dir or ROOT),
+        "--listen",
+        "128",
         *mode.options,
-    ]  # fmt: skip
+    ]
     env = {"DATABASE_URL": database_url, "BENCH_SCALE": str(scale), **mode.env}
     log_dir = Path(tempfile.mkdtemp(prefix=f"{mode.name}-{workers}-", dir=log_root))
     started = time.monotonic()

@@ -117,6 +117,19 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def app_args(module: str, *, processes: int, root: Path, master: bool = True) -> list[str]:
+    """uWSGI arguments that serve ``module`` (``package.module:callable``) from ``root``, with
+    ``root`` on the Python path; ``--need-app`` so that an import error stops uWSGI."""
+    return [
+        *(["--master"] if master else []),
+        "--processes", str(processes),
+        "--chdir", str(root),
+        "--pythonpath", str(root),
+        "--module", module,
+        "--need-app",
+    ]  # fmt: skip
+
+
 def start_uwsgi(
     args: list[str],
     *,

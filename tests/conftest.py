@@ -12,7 +12,7 @@ from types import FrameType
 import pytest
 
 from harness.postgres import PostgresServer, postgres_server
-from harness.uwsgi import UwsgiServer, start_uwsgi
+from harness.uwsgi import UwsgiServer, app_args, start_uwsgi
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_names = itertools.count(1)
@@ -53,10 +53,31 @@ def fresh_db(pg: PostgresServer) -> Callable[[], str]:
 StartUwsgi = Callable[..., UwsgiServer]
 
 
+class UwsgiFleet:
+    """The uWSGI masters one test starts, each with its own log directory under the test's
+    tmp_path; :meth:`stop_all` at teardown stops every one."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[UwsgiServer] = []
+
+    def start(self, args: list[str], env: dict[str, str], processes: int) -> UwsgiServer:
+        """Start uWSGI with ``args`` and wait until ``processes`` workers are up."""
+        log_dir = self.tmp_path / f"uwsgi-{len(self.started)}"
+        log_dir.mkdir()
+        server = start_uwsgi(args, env=env, cwd=ROOT, processes=processes, log_dir=log_dir)
+        self.started.append(server)
+        return server
+
+    def stop_all(self, *, graceful: bool) -> None:
+        for server in self.started:
+            server.stop(graceful=graceful)
+
+
 @pytest.fixture
 def serve(pg: PostgresServer, tmp_path: Path) -> Iterator[StartUwsgi]:
     """Starts ``tests/apps/bug_app.py`` under a real uWSGI master; stops every one at teardown."""
-    started: list[UwsgiServer] = []
+    fleet = UwsgiFleet(tmp_path)
 
     def start(
         *,
@@ -67,21 +88,8 @@ def serve(pg: PostgresServer, tmp_path: Path) -> Iterator[StartUwsgi]:
         master: bool = True,
     ) -> UwsgiServer:
         app_env = {"DATABASE_URL": pg.url(), "DBFIX_FIX": "1" if fix else "0", **(env or {})}
-        args = [
-            *(["--master"] if master else []),
-            "--processes", str(processes),
-            "--chdir", str(ROOT),
-            "--pythonpath", str(ROOT),
-            "--module", "tests.apps.bug_app:app",
-            "--need-app",
-            *options,
-        ]  # fmt: skip
-        log_dir = tmp_path / f"uwsgi-{len(started)}"
-        log_dir.mkdir()
-        server = start_uwsgi(args, env=app_env, cwd=ROOT, processes=processes, log_dir=log_dir)
-        started.append(server)
-        return server
+        args = app_args("tests.apps.bug_app:app", processes=processes, root=ROOT, master=master)
+        return fleet.start([*args, *options], app_env, processes)
 
     yield start
-    for server in started:
-        server.stop(graceful=False)  # the test is done with it: no need to wait
+    fleet.stop_all(graceful=False)  # the test is done with them: no need to wait

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +19,10 @@ import pytest
 
 from harness.load import get_json, run_load
 from harness.postgres import PostgresServer
-from harness.uwsgi import UwsgiServer, start_uwsgi
+from harness.uwsgi import UwsgiServer, app_args
+from tests.conftest import UwsgiFleet
 from tests.pgstat import backends_of
+from tests.servers.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "tests" / "apps" / "master_app.py"
@@ -60,23 +61,14 @@ def app_env(fresh_db: Callable[[], str]) -> dict[str, str]:
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Start]:
-    started: list[UwsgiServer] = []
+    fleet = UwsgiFleet(tmp_path)
 
     def run(env: dict[str, str], *options: str, processes: int = 3) -> UwsgiServer:
-        args = [
-            "--master", "--processes", str(processes),
-            "--chdir", str(ROOT), "--pythonpath", str(ROOT),
-            "--module", "tests.apps.master_app:app", "--need-app", *options,
-        ]  # fmt: skip
-        log_dir = tmp_path / f"uwsgi-{len(started)}"
-        log_dir.mkdir()
-        server = start_uwsgi(args, env=env, cwd=ROOT, processes=processes, log_dir=log_dir)
-        started.append(server)
-        return server
+        args = app_args("tests.apps.master_app:app", processes=processes, root=ROOT)
+        return fleet.start([*args, *options], env, processes)
 
     yield run
-    for server in started:
-        server.stop()
+    fleet.stop_all(graceful=True)
 
 
 def assert_workers_use_own_backends(server: UwsgiServer, master: list[int]) -> None:
@@ -85,14 +77,6 @@ def assert_workers_use_own_backends(server: UwsgiServer, master: list[int]) -> N
     used = {b["now"][name]["backend"] for b in result.ok for name in b["now"]}
     assert used.isdisjoint(master), "a worker used one of the master's connections"
     assert all(b["now"][name]["ssl"] for b in result.ok for name in b["now"])
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def ready(server: UwsgiServer, processes: int) -> bool:

@@ -14,7 +14,8 @@ import pytest
 from harness.gunicorn import GunicornServer, start_gunicorn
 from harness.postgres import PostgresServer
 from harness.redis import RedisServer, redis_server
-from harness.uwsgi import UwsgiServer, start_uwsgi
+from harness.uwsgi import UwsgiServer, app_args
+from tests.conftest import UwsgiFleet
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_MODULE = "tests.servers.apps.web"
@@ -52,7 +53,7 @@ StartWeb = Callable[..., UwsgiServer]
 @pytest.fixture
 def web(pg: PostgresServer, tmp_path: Path) -> Iterator[StartWeb]:
     """Serves ``tests/servers/apps/web.py`` under a real uWSGI master."""
-    started: list[UwsgiServer] = []
+    fleet = UwsgiFleet(tmp_path)
 
     def start(
         *,
@@ -63,33 +64,18 @@ def web(pg: PostgresServer, tmp_path: Path) -> Iterator[StartWeb]:
         ready_workers: int | None = None,
     ) -> UwsgiServer:
         args = [
-            "--master",
-            "--processes", str(processes),
-            "--chdir", str(ROOT),
-            "--pythonpath", str(ROOT),
-            "--module", f"{WEB_MODULE}:app",
-            "--need-app",
+            *app_args(f"{WEB_MODULE}:app", processes=processes, root=ROOT),
             "--disable-logging",
             # pyuwsgi's master re-executes the interpreter on reload: without this it runs
             # the base Python, outside the virtualenv, and cannot import pyuwsgi.
             "--binary-path", sys.executable,
             *options,
         ]  # fmt: skip
-        log_dir = tmp_path / f"uwsgi-{len(started)}"
-        log_dir.mkdir()
-        server = start_uwsgi(
-            args,
-            env=app_env(pg, fix, **(env or {})),
-            cwd=ROOT,
-            processes=processes if ready_workers is None else ready_workers,
-            log_dir=log_dir,
-        )
-        started.append(server)
-        return server
+        ready = processes if ready_workers is None else ready_workers
+        return fleet.start(args, app_env(pg, fix, **(env or {})), ready)
 
     yield start
-    for server in started:
-        server.stop(graceful=False)  # done with it: no need to wait for a graceful exit
+    fleet.stop_all(graceful=False)  # done with them: no need to wait for a graceful exit
 
 
 StartGunicorn = Callable[..., GunicornServer]

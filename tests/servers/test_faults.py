@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL, make_url
 from flask_uwsgi_dbfix import FlaskDBFix, PreForkConnectionWarning, register
 from harness.postgres import PostgresServer
 from harness.process import free_port, venv_command
-from harness.uwsgi import run_uwsgi_to_exit, running_uwsgi
+from harness.uwsgi import app_args, run_uwsgi_to_exit, running_uwsgi
 from tests.test_fork_inprocess import in_child
 
 from .conftest import FIX, ROOT, WARNING_NAME, app_env
@@ -33,8 +33,7 @@ PACKAGE_FRAME = re.compile(r'File "[^"]*flask_uwsgi_dbfix[/\\]')
 
 
 def uwsgi_app_args(module: str) -> list[str]:
-    return ["--master", "--processes", "2", "--chdir", str(ROOT), "--pythonpath", str(ROOT),
-            "--module", module, "--need-app"]  # fmt: skip
+    return app_args(module, processes=2, root=ROOT)
 
 
 def flask_cli(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
