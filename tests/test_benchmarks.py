@@ -15,14 +15,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``python -m benchmarks ARGS`` from the repository root."""
-    return subprocess.run(
+    """``python -m benchmarks ARGS`` from the repository root. If the test is interrupted or
+    times out, the benchmark gets SIGTERM (it then stops the PostgreSQL and uWSGI it
+    started; a SIGKILL, what subprocess.run sends, would leave them running)."""
+    with subprocess.Popen(
         [sys.executable, "-m", "benchmarks", *args],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-    )
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_quick_benchmark_runs_and_every_mode_served_every_request(tmp_path: Path) -> None:
