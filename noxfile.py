@@ -184,6 +184,21 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def lint(session: nox.Session) -> None:
+    """ruff, ruff format and mypy --strict, in .venv (seconds; not a matrix leg)."""
+    venv = ROOT / ".venv" / "bin"
+    session.run(str(venv / "ruff"), "check", ".")
+    session.run(str(venv / "ruff"), "format", "--check", ".")
+    session.run(str(venv / "mypy"))
+
+
+@nox.session(python=False)
+def fast(session: nox.Session) -> None:
+    """The tests that need no server, in .venv (seconds; not a matrix leg)."""
+    session.run(str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-m", "fast", "-q")
+
+
+@nox.session(python=False)
 def report(session: nox.Session) -> None:
     """Print the matrix table from .matrix/ and check README.md's versions table against it."""
     session.run(sys.executable, "scripts/matrix_report.py", "table", "--check-readme", "README.md")

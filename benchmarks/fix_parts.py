@@ -22,7 +22,8 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import create_engine, text
 
-from flask_uwsgi_dbfix import FlaskDBFix, PreForkConnectionWarning, postfork, tracking
+from flask_uwsgi_dbfix import DBFixConfig, FlaskDBFix, PreForkConnectionWarning, forkhooks
+from flask_uwsgi_dbfix.engines import ManagedEngine
 
 
 def _best_ms(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
@@ -56,7 +57,7 @@ def run(repeat: int = 30) -> dict[str, Any]:
         def new_connection(tracked: bool) -> Callable[[], None]:
             engine = create_engine(f"sqlite:///{path}")
             if tracked:
-                tracking.track(engine)
+                ManagedEngine(engine, "bench", "register", DBFixConfig(), os.getpid()).start(engine)
 
             def connect() -> None:
                 engine.dispose()  # so the next connect() opens a new connection
@@ -89,7 +90,7 @@ def _after_fork(path: str, repeat: int) -> dict[str, float]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", PreForkConnectionWarning)
                     t = time.perf_counter()
-                    postfork.forget_inherited_connections()
+                    forkhooks.forget_inherited_connections()
                     ms = (time.perf_counter() - t) * 1000
                 os.write(write, repr(ms).encode())
             finally:

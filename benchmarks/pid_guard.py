@@ -4,7 +4,7 @@ Five engines on the same SQLite file, timed in interleaved rounds (fresh engines
 round, so neither machine noise nor one memory layout favours one of them):
   plain        no guard,
   recipe       SQLAlchemy's documented connect/checkout-event recipe,
-  ours         flask_uwsgi_dbfix.tracking.track, what the package ships, guarding a pool
+  ours         flask_uwsgi_dbfix.engines.ManagedEngine, what register() ships, guarding a pool
                that was empty (a worker's pool after the post-fork dispose),
   ours_held    the same on a pool that already held a connection when it was guarded
                (the master's pool after import-time queries): each record's stamp is read,
@@ -31,7 +31,11 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 
-from flask_uwsgi_dbfix import forkwatch, tracking
+from flask_uwsgi_dbfix import DBFixConfig, forkwatch, stamps
+from flask_uwsgi_dbfix.engines import ManagedEngine
+
+_INFO_KEY = "pid"
+"""Where a ``.info``-based guard (SQLAlchemy's recipe, or ours before 0.1) keeps the pid."""
 
 NUMBER, BLOCKS = 200, 7  # per round and engine: the best of 7 blocks of 200 connects
 TARGET_NS = 250
@@ -53,21 +57,22 @@ def recipe(engine: Engine) -> None:
 
 
 def ours(engine: Engine) -> None:
-    tracking.track(engine, pid_guard=True)
+    """What register() does to an engine, minus the fork hooks: stamp and guard."""
+    ManagedEngine(engine, "bench", "register", DBFixConfig(), os.getpid()).start(engine)
 
 
 def ours_held(engine: Engine) -> None:
     engine.connect().close()  # the pool holds a connection before the guard is installed
-    tracking.track(engine, pid_guard=True)
+    ours(engine)
 
 
 def ours_getpid(engine: Engine) -> None:
-    saved = forkwatch.WATCH
-    forkwatch.WATCH = forkwatch.ForkWatch(None)  # the guard takes the watch it is built with
+    saved = forkwatch.watch()
+    forkwatch._watch = forkwatch.ForkWatch(None)  # the guard takes the watch it is built with
     try:
-        tracking.track(engine, pid_guard=True)
+        ours(engine)
     finally:
-        forkwatch.WATCH = saved
+        forkwatch._watch = saved
 
 
 def plain(engine: Engine) -> None:
@@ -152,20 +157,20 @@ def time_parts(path: str) -> dict[str, float]:
     """What a checkout through the guard is made of, each timed alone (best of 5)."""
     engine = _engine(ours, path)
     record = engine.pool._do_get()
-    record.info[tracking._PID_KEY] = os.getpid()
+    record.info[_INFO_KEY] = os.getpid()
     engine.pool._do_return_conn(record)
-    page = forkwatch.WATCH.page
+    page = forkwatch.watch().page
 
     parts: dict[str, tuple[str, dict[str, Any]]] = {
         "os.getpid()": ("getpid()", {"getpid": os.getpid}),
         "WIPEONFORK page read": ("page[0]", {"page": page if page is not None else [1]}),
         "record.info.get(key, default)": (
             "record.info.get(k, 0)",
-            {"record": record, "k": tracking._PID_KEY},
+            {"record": record, "k": _INFO_KEY},
         ),
         "getattr(record, name, default)": (
             "getattr(record, k, 0)",
-            {"record": record, "k": tracking._PID_ATTR},
+            {"record": record, "k": stamps.PID_ATTR},
         ),
         "one extra Python call layer": ("f()", {"f": lambda: None}),
         "empty statement (timer floor)": ("pass", {}),
@@ -239,7 +244,7 @@ def run(rounds: int) -> dict[str, Any]:
             "rounds": rounds,
             "connects_per_round": f"best of {BLOCKS} interleaved blocks of {NUMBER}",
             "target_ns": TARGET_NS,
-            "wipeonfork_available": forkwatch.WATCH.page is not None,
+            "wipeonfork_available": forkwatch.watch().page is not None,
             "ns_per_connect": time_guards(rounds, path),
             "parts_ns": time_parts(path),
             "child_gets_fresh_connection": protection(path),

@@ -1,17 +1,21 @@
-"""What differs between the stacks we support: SQLAlchemy 1.4 / 2.x, Flask-SQLAlchemy 2.5 / 3.x.
+"""Everything that differs between the stacks we support, and every private internal we touch.
 
-Everything version-specific lives here, so the rest of the package reads as if there were
-one version. The type checker sees SQLAlchemy 2.x; the 1.4 branches are plain runtime code.
+SQLAlchemy 1.4 / 2.x and Flask-SQLAlchemy 2.5 / 3.x differ here and nowhere else, and every
+read or write of another library's private attributes (a pool's ``_do_get``, its queue and
+locks, a record's pool and ``fairy_ref``) goes through this module: their next release
+breaks one file. The type checker sees SQLAlchemy 2.x; the 1.4 branches are runtime code.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
+from sqlalchemy.pool.base import _ConnectionRecord as ConnectionRecord
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import ConnectionPoolEntry
@@ -19,15 +23,27 @@ else:
     try:
         from sqlalchemy.pool import ConnectionPoolEntry
     except ImportError:  # SQLAlchemy 1.4: the same object under its private name
-        from sqlalchemy.pool.base import _ConnectionRecord as ConnectionPoolEntry
+        ConnectionPoolEntry = ConnectionRecord
 
 __all__ = [
     "ConnectionPoolEntry",
+    "ConnectionRecord",
     "create_flask_sqlalchemy_engines",
-    "is_legacy_flask_sqlalchemy",
-    "legacy_flask_sqlalchemy_engines",
+    "flask_sqlalchemy_engines",
+    "hand_out",
+    "holder",
+    "idle_records",
+    "max_overflow",
+    "pool_locks",
+    "record_pool",
+    "replace_hand_out",
     "require_dispose_close",
 ]
+
+_HAND_OUT = "_do_get"
+
+
+# -- SQLAlchemy ---------------------------------------------------------------------------
 
 
 def require_dispose_close() -> None:
@@ -41,21 +57,82 @@ def require_dispose_close() -> None:
         )
 
 
-def is_legacy_flask_sqlalchemy(state: Any) -> bool:
+def hand_out(pool: Pool) -> Callable[[], ConnectionPoolEntry]:
+    """The pool's own "give me the next record" step (``_do_get``): the guard wraps it,
+    and ``assert_fork_safe`` calls it in its child to see what a worker would get."""
+    fn: Callable[[], ConnectionPoolEntry] = getattr(pool, _HAND_OUT)
+    return fn
+
+
+def replace_hand_out(pool: Pool, fn: Callable[[], ConnectionPoolEntry]) -> None:
+    """Install ``fn`` as this pool instance's hand-out step."""
+    setattr(pool, _HAND_OUT, fn)
+
+
+def record_pool(record: Any) -> Any:
+    """The pool a record belongs to (SQLAlchemy keeps it private, as ``__pool``)."""
+    return getattr(record, "_ConnectionRecord__pool", None)
+
+
+def holder(record: Any) -> Any:
+    """The proxy a checked-out record is lent to, or ``None`` when it is idle in the pool."""
+    fairy_ref = getattr(record, "fairy_ref", None)
+    return fairy_ref() if fairy_ref is not None else None
+
+
+def idle_records(pool: Pool) -> list[ConnectionPoolEntry]:
+    """The records waiting in a ``QueuePool``'s queue (empty for other pools)."""
+    return list(getattr(getattr(pool, "_pool", None), "queue", ()))
+
+
+def pool_locks(pool: Pool) -> tuple[Any, ...] | None:
+    """A ``QueuePool``'s two locks (overflow counter, queue), or ``None`` if not found."""
+    try:
+        return (pool._overflow_lock, pool._pool.mutex)  # type: ignore[attr-defined]
+    except AttributeError:
+        return None
+
+
+def max_overflow(pool: Pool) -> int | None:
+    value = getattr(pool, "_max_overflow", None)
+    return value if isinstance(value, int) else None
+
+
+# -- Flask-SQLAlchemy ---------------------------------------------------------------------
+
+
+def _is_legacy_flask_sqlalchemy(state: Any) -> bool:
     """Whether ``app.extensions["sqlalchemy"]`` is Flask-SQLAlchemy 2.x's ``_SQLAlchemyState``.
     Read from the instance's own dict: Flask-SQLAlchemy 3.x's ``__getattr__`` answers
     ``db.connectors`` with the ``sqlalchemy.connectors`` module."""
     return isinstance(getattr(state, "__dict__", {}).get("connectors"), dict)
 
 
-def legacy_flask_sqlalchemy_engines(state: Any) -> Mapping[str | None, Engine]:
-    """Flask-SQLAlchemy 2.x's engines by bind key, from ``app.extensions["sqlalchemy"]``
-    (a ``_SQLAlchemyState``): each bind's ``_EngineConnector`` holds its engine once some
-    code asked for it. Reading ``_engine`` creates none; engines made later are picked up
-    by the registry's ``first_connect`` listener before their first connection is used."""
-    connectors: Mapping[str | None, Any] = state.connectors
-    engines = {key: getattr(c, "_engine", None) for key, c in dict(connectors).items()}
-    return {key: e for key, e in engines.items() if e is not None}
+def flask_sqlalchemy_engines(app: Any) -> Mapping[str | None, Engine]:
+    """Flask-SQLAlchemy's engines of ``app`` by bind key that exist now, or ``{}`` if it is
+    not set up (yet). Creates nothing and needs no app context."""
+    db: Any = app.extensions.get("sqlalchemy")
+    if db is None:
+        return {}
+    by_app = getattr(db, "_app_engines", None)
+    if isinstance(by_app, Mapping):  # Flask-SQLAlchemy 3.x
+        return dict(by_app.get(app, {}))
+    if _is_legacy_flask_sqlalchemy(db):
+        # Flask-SQLAlchemy 2.x: each bind's _EngineConnector holds its engine once some code
+        # asked for it; reading _engine creates none.
+        connectors: Mapping[str | None, Any] = db.connectors
+        engines = {key: getattr(c, "_engine", None) for key, c in dict(connectors).items()}
+        return {key: e for key, e in engines.items() if e is not None}
+    with app.app_context():
+        return dict(db.engines)
+
+
+def flask_sqlalchemy_binds(app: Any) -> list[str | None]:
+    """The bind keys ``app`` is configured with (``None``: the default bind), or ``[]``
+    when Flask-SQLAlchemy is not set up on it."""
+    if app.extensions.get("sqlalchemy") is None:
+        return []
+    return [None, *(app.config.get("SQLALCHEMY_BINDS") or ())]
 
 
 def create_flask_sqlalchemy_engines(app: Any) -> None:
@@ -63,7 +140,7 @@ def create_flask_sqlalchemy_engines(app: Any) -> None:
     use, so that ``flask dbfix check`` can describe them. Creating an engine opens no
     connection. Flask-SQLAlchemy 3.x creates them in ``init_app``: nothing to do there."""
     state = app.extensions.get("sqlalchemy")
-    if not is_legacy_flask_sqlalchemy(state):
+    if not _is_legacy_flask_sqlalchemy(state):
         return
-    for bind in [None, *(app.config.get("SQLALCHEMY_BINDS") or ())]:
+    for bind in flask_sqlalchemy_binds(app):
         state.db.get_engine(app, bind)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 PREFIX = "DBFIX_"
+DEFAULT_INI = "uwsgi.ini"
+"""The ini ``flask dbfix check`` audits when none is named and this file exists."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})

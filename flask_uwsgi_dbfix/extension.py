@@ -1,17 +1,22 @@
-"""The Flask extension: wires an app's engines into the fork hooks."""
+"""The Flask extension and ``register()``: what switches the fix on, per app or engine."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from flask import Flask
 from sqlalchemy.engine import Engine
 
-from . import _compat, postfork, registry
-from .cli import dbfix_cli
+from . import _compat, engines, forkhooks
+from .commands import dbfix_cli
 from .config import PREFIX, DBFixConfig, read_config
 
+__all__ = ["EXTENSION_NAME", "DBFixState", "FlaskDBFix", "register"]
+
 EXTENSION_NAME = "dbfix"
+logger = logging.getLogger("flask_uwsgi_dbfix")
+_said_no_fork = False
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,20 @@ class DBFixState:
     """What ``app.extensions["dbfix"]`` holds."""
 
     config: DBFixConfig
+
+
+def _platform_forks() -> bool:
+    """False (said once, at INFO) where there is no fork: nothing can be inherited."""
+    global _said_no_fork
+    if forkhooks.can_fork():
+        return True
+    if not _said_no_fork:
+        _said_no_fork = True
+        logger.info(
+            "flask-uwsgi-dbfix: this platform has no os.fork(): no worker can inherit a "
+            "connection, so there is nothing to protect and the extension does nothing here"
+        )
+    return False
 
 
 def register(
@@ -36,14 +55,15 @@ def register(
     the ``DBFIX_*`` settings of :class:`~flask_uwsgi_dbfix.DBFixConfig`, for this engine.
     """
     _compat.require_dispose_close()
-    registry.register(
-        engine,
-        name=name,
-        pid_guard=pid_guard,
-        prefork_warning=prefork_warning,
-        close_before_fork=close_before_fork,
-    )
-    postfork.install()
+    engines.require_engine(engine)
+    if _platform_forks():
+        config = DBFixConfig(
+            pid_guard=pid_guard,
+            prefork_warning=prefork_warning,
+            close_before_fork=close_before_fork,
+        )
+        engines.register(engine, name, config)
+        forkhooks.install()
     return engine
 
 
@@ -52,8 +72,9 @@ class FlaskDBFix:
 
     ``FlaskDBFix(app)`` or, in an app factory, ``dbfix = FlaskDBFix()`` then
     ``dbfix.init_app(app)``, anywhere: before or after ``db.init_app(app)`` and the
-    app's start-up work. Connections opened before are found and handled too. The app
-    is never stored here: one instance serves any number of apps.
+    app's start-up work. Connections opened before are found and handled too; only the
+    line that opened them is unknown (nothing was recording yet). The app is never stored
+    here: one instance serves any number of apps.
     """
 
     def __init__(self, app: Flask | None = None) -> None:
@@ -72,8 +93,8 @@ class FlaskDBFix:
         config = read_config(app.config)
         app.extensions[EXTENSION_NAME] = DBFixState(config)
         app.cli.add_command(dbfix_cli)
-        if config.enabled:
-            registry.add_app(app, config)
-            postfork.install()
+        if config.enabled and _platform_forks():
+            engines.add_app(app, config)
+            forkhooks.install()
 
     register = staticmethod(register)  # FlaskDBFix.register(engine): the same function

@@ -96,4 +96,13 @@ class ForkWatch:
         return self.refresh()
 
 
-WATCH = ForkWatch(_wipe_on_fork_page())
+_watch: ForkWatch | None = None
+
+
+def watch() -> ForkWatch:
+    """This process's :class:`ForkWatch`, made on first use: importing this module maps no
+    page."""
+    global _watch
+    if _watch is None:
+        _watch = ForkWatch(_wipe_on_fork_page())
+    return _watch

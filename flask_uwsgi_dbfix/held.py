@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 if TYPE_CHECKING:
     from sqlalchemy.engine import ExceptionContext
 
-    from .tracking import CodeLocation
+    from .stamps import CodeLocation
 
 _LISTENING_ATTR = "_flask_uwsgi_dbfix_held_listener"
 

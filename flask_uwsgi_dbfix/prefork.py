@@ -8,8 +8,9 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 
-from .registry import ManagedEngine
-from .tracking import OpenedConnection, close_idle, masked_url, open_connections
+from .engines import ManagedEngine, OpenedConnection
+from .masking import masked_url
+from .stamps import UNKNOWN_ORIGIN
 
 logger = logging.getLogger("flask_uwsgi_dbfix")
 
@@ -38,7 +39,7 @@ def inherited_connections(
     """Per engine, the live connections opened by another process than ``current_pid``."""
     found = []
     for managed in engines:
-        inherited = tuple(c for c in open_connections(managed.engine) if c.pid != current_pid)
+        inherited = tuple(c for c in managed.open_connections() if c.pid != current_pid)
         if inherited:
             found.append(InheritedConnections(managed.name, masked_url(managed.engine), inherited))
     return found
@@ -54,7 +55,7 @@ def close_idle_connections(engines: list[ManagedEngine]) -> list[InheritedConnec
     them); returns what was closed, per engine."""
     closed = []
     for managed in engines:
-        done = tuple(close_idle(managed.engine))
+        done = tuple(managed.close_idle())
         if done:
             closed.append(InheritedConnections(managed.name, masked_url(managed.engine), done))
     return closed
@@ -64,12 +65,7 @@ def _describe(found: list[InheritedConnections], lines: list[str], state: bool =
     for f in found:
         held = f", {f.checked_out} checked out at fork time" if f.checked_out and state else ""
         lines.append(f"  engine {f.name!r} ({f.url}): {len(f.connections)} connection(s){held}")
-        origins = Counter(
-            str(c.origin)
-            if c.origin
-            else "an unknown place (opened before flask_uwsgi_dbfix was imported)"
-            for c in f.connections
-        )
+        origins = Counter(str(c.origin) if c.origin else UNKNOWN_ORIGIN for c in f.connections)
         # Most first, then by place: the same text on every run (pools have no order).
         for origin, count in sorted(origins.items(), key=lambda item: (-item[1], item[0])):
             times = f" ({count}x)" if count > 1 else ""

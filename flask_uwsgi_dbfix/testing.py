@@ -2,9 +2,10 @@
 database connection with the process that built the app.
 
 It forks a child the way a pre-forking server does and asks, in the child, whether each
-engine's pool hands out a connection the parent opened. Import this module early (at the
-top of ``conftest.py``): from then on it records which code opens each connection, so that
-a failure can name the line even for an engine the extension does not manage.
+engine's pool hands out a connection the parent opened. Importing this module changes
+nothing; call :func:`record_origins` early (at the top of ``conftest.py``) so that a
+failure can name the line that opened a connection even for an engine the extension does
+not manage.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ from typing import Any
 from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
-from sqlalchemy.pool.base import _ConnectionRecord
 
-from . import postfork, registry, tracking
+from . import _compat, engines, forkhooks, stamps
+from ._compat import ConnectionRecord
+from .masking import mask_passwords, masked_url
 
-__all__ = ["EngineCheck", "ForkCheck", "assert_fork_safe"]
+__all__ = [
+    "EngineCheck",
+    "ForkCheck",
+    "assert_fork_safe",
+    "record_origins",
+    "stop_recording_origins",
+]
 
 CHILD_TIMEOUT = 60.0
 """Seconds to wait for the forked child's answer before it is killed."""
@@ -152,7 +160,7 @@ class _Target:
     engine: Engine
     source: str
     managed: bool
-    records: list[_ConnectionRecord]
+    records: list[ConnectionRecord]
     checked_out: int
     manage: str
 
@@ -198,8 +206,9 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
         raise TypeError(f"assert_fork_safe() takes a Flask app, got {type(app).__name__}")
 
     gc.collect()  # engines of apps that are already gone must not count
-    engines, records = _live_engines_and_records()
-    targets = _targets(app, engines, records)
+    engines.adopt_app_engines()  # as the fork hooks would: engines made since FlaskDBFix
+    live, records = _live_engines_and_records()
+    targets = _targets(app, live, records)
     # Held until the child exits: in the child they keep every inherited connection alive
     # (no address reuse, no dealloc); their identity is what the child compares.
     parent_connections = [r.dbapi_connection for r in records if r.dbapi_connection is not None]
@@ -210,7 +219,7 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
         tuple(
             EngineCheck(
                 name=t.name,
-                url=tracking.masked_url(t.engine),
+                url=masked_url(t.engine),
                 source=t.source,
                 managed=t.managed,
                 opened_at=_origins(t.records),
@@ -227,37 +236,46 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
     return check
 
 
-def _live_engines_and_records() -> tuple[list[Engine], list[_ConnectionRecord]]:
-    engines: list[Engine] = []
-    records: list[_ConnectionRecord] = []
+def record_origins() -> None:
+    """From now on, record which code opens each connection of every engine in the process,
+    managed or not, so that :func:`assert_fork_safe` can name it. Call it at the top of
+    ``conftest.py``, before the app is imported. It costs every new connection a walk up
+    the stack: meant for test suites, not for production."""
+    stamps.record_every_pool()
+
+
+def stop_recording_origins() -> None:
+    """Undo :func:`record_origins`: new connections of unmanaged engines are not recorded
+    any more (for a suite that records in some tests only)."""
+    stamps.stop_recording()
+
+
+def _live_engines_and_records() -> tuple[list[Engine], list[ConnectionRecord]]:
+    live: list[Engine] = []
+    records: list[ConnectionRecord] = []
     for obj in gc.get_objects():
         if isinstance(obj, Engine):
-            engines.append(obj)
-        elif isinstance(obj, _ConnectionRecord) and obj.dbapi_connection is not None:
+            live.append(obj)
+        elif isinstance(obj, ConnectionRecord) and obj.dbapi_connection is not None:
             records.append(obj)
-    return engines, records
+    return live, records
 
 
-def _record_pool(record: _ConnectionRecord) -> Pool | None:
-    pool: Pool | None = getattr(record, "_ConnectionRecord__pool", None)
-    return pool
-
-
-def _targets(app: Flask, live: list[Engine], records: list[_ConnectionRecord]) -> list[_Target]:
+def _targets(app: Flask, live: list[Engine], records: list[ConnectionRecord]) -> list[_Target]:
     # By pool: an execution_options() copy of an engine is another Engine on the same pool.
-    managed = {id(m.engine.pool): m.name for m in registry.all_engines()}
-    by_pool: dict[int, list[_ConnectionRecord]] = {}
+    managed = {id(m.engine.pool): m.name for m in engines.all_engines()}
+    by_pool: dict[int, list[ConnectionRecord]] = {}
     for record in records:
-        by_pool.setdefault(id(_record_pool(record)), []).append(record)
+        by_pool.setdefault(id(_compat.record_pool(record)), []).append(record)
 
     state = app.extensions.get("dbfix")
     disabled = state is not None and not state.config.enabled
-    binds = registry.flask_sqlalchemy_engines(app)
+    binds = _compat.flask_sqlalchemy_engines(app)
     named: list[tuple[str, Engine, str]] = [
-        (registry.DEFAULT_BIND_NAME if key is None else key, binds[key], "flask-sqlalchemy")
+        (engines.DEFAULT_BIND_NAME if key is None else key, binds[key], "flask-sqlalchemy")
         for key in sorted(binds, key=lambda k: (k is not None, k or ""))
     ]
-    named += [(m.name, m.engine, m.source) for m in registry.app_engines(app)]
+    named += [(m.name, m.engine, m.source) for m in engines.app_engines(app)]
     named += [
         (managed.get(id(e.pool), "unmanaged"), e, "other") for e in live if by_pool.get(id(e.pool))
     ]
@@ -265,7 +283,7 @@ def _targets(app: Flask, live: list[Engine], records: list[_ConnectionRecord]) -
     targets: list[_Target] = []
     seen_pools: set[int] = set()
     for name, engine, source in named:
-        if not isinstance(engine, Engine) or tracking.is_process_local(engine):
+        if not isinstance(engine, Engine) or engines.is_process_local(engine):
             continue
         if id(engine.pool) in seen_pools:
             continue
@@ -286,11 +304,11 @@ def _targets(app: Flask, live: list[Engine], records: list[_ConnectionRecord]) -
     return targets
 
 
-def _checked_out(pool: Pool, records: list[_ConnectionRecord]) -> int:
+def _checked_out(pool: Pool, records: list[ConnectionRecord]) -> int:
     counter = getattr(pool, "checkedout", None)
     if callable(counter):
         return int(counter())
-    return sum(1 for r in records if r.fairy_ref is not None and r.fairy_ref() is not None)
+    return sum(1 for r in records if _compat.holder(r) is not None)
 
 
 def _how_to_manage(source: str, disabled: bool) -> str:
@@ -301,16 +319,16 @@ def _how_to_manage(source: str, disabled: bool) -> str:
     return "FlaskDBFix(app) (it covers every bind)"
 
 
-def _origins(records: list[_ConnectionRecord]) -> tuple[str, ...]:
-    """Where each record's connection was opened: the package stamps every connection of
-    every pool, managed or not, from the moment it is imported."""
-    origins = (tracking.record_origin(record) for record in records)
+def _origins(records: list[ConnectionRecord]) -> tuple[str, ...]:
+    """Where each record's connection was opened: known for managed engines, and for every
+    engine once :func:`record_origins` is on."""
+    origins = (stamps.origin(record) for record in records)
     return tuple(str(o) if o is not None else _UNKNOWN_ORIGIN for o in origins)
 
 
 _UNKNOWN_ORIGIN = (
-    "an unknown place (opened before flask_uwsgi_dbfix was imported; import it before the "
-    "app opens connections, e.g. at the top of conftest.py, to see where)"
+    "an unknown place (opened before anything recorded it; call "
+    "flask_uwsgi_dbfix.testing.record_origins() at the top of conftest.py to see where)"
 )
 
 
@@ -319,7 +337,7 @@ def _fork_and_ask(targets: list[_Target], parent_connections: list[Any]) -> list
     read_fd, write_fd = os.pipe()
     # The extension's before-fork hook would close the parent's idle connections (and
     # maybe warn): this fork only looks, so the parent stays as the caller built it.
-    with warnings.catch_warnings(), postfork.probe_fork():
+    with warnings.catch_warnings(), forkhooks.probe_fork():
         warnings.filterwarnings("ignore", _FORK_WARNING, DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: never return into the caller
@@ -330,7 +348,7 @@ def _fork_and_ask(targets: list[_Target], parent_connections: list[Any]) -> list
             try:
                 answer: Any = [_ask_pool(t, parent_connections) for t in targets]
             except BaseException as exc:
-                answer = {"error": tracking.mask_passwords(f"{type(exc).__name__}: {exc}")}
+                answer = {"error": mask_passwords(f"{type(exc).__name__}: {exc}")}
             data = memoryview(json.dumps(answer).encode())
             while data:
                 data = data[os.write(write_fd, data) :]
@@ -379,10 +397,10 @@ def _ask_pool(target: _Target, parent_connections: list[Any]) -> str:
     if not target.records or target.checked_out:
         return _NOT_ASKED
     try:
-        record = target.engine.pool._do_get()
+        record = _compat.hand_out(target.engine.pool)()
     except Exception as exc:  # only making a new connection can fail here
         first_line = (str(exc).strip().splitlines() or [""])[0]
-        return f"error: {type(exc).__name__}: {tracking.mask_passwords(first_line)}"
+        return f"error: {type(exc).__name__}: {mask_passwords(first_line)}"
     connection = record.dbapi_connection
     if connection is None:
         return _DROPPED

@@ -33,6 +33,29 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
+# Modules whose tests start servers or whole test suites themselves, without the pg fixture.
+_SLOW_MODULES = frozenset(
+    {
+        "test_benchmarks.py",
+        "test_demo.py",
+        "test_dropin_flask_sqlalchemy.py",
+        "test_dropin_sqlalchemy.py",
+        "test_import_cost_benchmark.py",
+        "test_quality.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``fast`` every test that needs no server (no PostgreSQL, no uWSGI, no other
+    suite): ``pytest -m fast`` is the seconds-long tier. Derived from the fixtures a test
+    uses, so a new test is placed without anyone remembering to mark it."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "pg" not in fixtures and item.path.name not in _SLOW_MODULES:
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL 15 with ssl=on that refuses TCP without SSL."""

@@ -18,10 +18,11 @@ from click.testing import Result
 from flask import Flask
 from sqlalchemy import event
 
-from flask_uwsgi_dbfix import check, cli
+from flask_uwsgi_dbfix import commands
+from flask_uwsgi_dbfix._compat import flask_sqlalchemy_engines
 from flask_uwsgi_dbfix.check import build_report, exit_code
-from flask_uwsgi_dbfix.check_output import render_human, report_to_json
-from flask_uwsgi_dbfix.registry import flask_sqlalchemy_engines
+from flask_uwsgi_dbfix.check.findings import ini as ini_findings
+from flask_uwsgi_dbfix.check.output import render_human, report_to_json
 from tests.cli_apps import factory
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
@@ -254,7 +255,7 @@ def test_no_master_with_several_workers_is_a_warning_and_strict_fails(
 def test_info_findings_for_ini_options(
     make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(check, "osafterfork_kills_workers", lambda: False)  # below 3.13
+    monkeypatch.setattr(ini_findings, "osafterfork_kills_workers", lambda: False)  # below 3.13
     text = GOOD_INI + "py-call-osafterfork = true\nmax-requests = 1000\nenable-threads = false\n"
     data = run_json(make_app(), "--ini", str(ini(tmp_path, text)))
     found = codes(data)
@@ -271,7 +272,7 @@ def test_info_findings_for_ini_options(
 def test_py_call_osafterfork_on_python_313_is_an_error_recommending_fork_hooks(
     make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python_313: bool
 ) -> None:
-    monkeypatch.setattr(check, "osafterfork_kills_workers", lambda: python_313)
+    monkeypatch.setattr(ini_findings, "osafterfork_kills_workers", lambda: python_313)
     path = ini(tmp_path, GOOD_INI + "py-call-osafterfork = true\n")
     data = run_json(make_app(), "--ini", str(path))
     (finding,) = [f for f in data["findings"] if f["code"] == "py-call-osafterfork"]
@@ -673,7 +674,7 @@ def test_human_output_fits_80_columns_and_has_no_colour_off_a_tty(
 
 def test_colour_only_on_a_tty(make_app: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
     app = make_app(query=True, enabled=False)
-    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    monkeypatch.setattr(commands, "_stdout_is_tty", lambda: True)
     coloured = run(app).stdout
     assert ANSI.search(coloured)
     assert "\x1b[31m" in coloured  # errors in red

@@ -13,8 +13,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
-from flask_uwsgi_dbfix import DBFixConfig, FlaskDBFix, postfork, register, registry, tracking
+from flask_uwsgi_dbfix import DBFixConfig, FlaskDBFix, forkhooks, register
+from flask_uwsgi_dbfix import engines as dbfix_engines
 from flask_uwsgi_dbfix.extension import DBFixState
+from flask_uwsgi_dbfix.masking import masked_url
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 from tests.fsa_compat import fsa_engines
 
@@ -30,7 +32,7 @@ def make_app(tmp_path: Path, **config: object) -> Flask:
 
 
 def names(app: Flask) -> list[str]:
-    return [m.name for m in registry.app_engines(app) if m.source == "flask-sqlalchemy"]
+    return [m.name for m in dbfix_engines.app_engines(app) if m.source == "flask-sqlalchemy"]
 
 
 def test_defaults_are_set_in_app_config_and_state(tmp_path: Path) -> None:
@@ -100,7 +102,7 @@ def test_every_bind_is_found_whatever_the_init_order(tmp_path: Path, dbfix_first
         db.session.execute(text("SELECT 1"))  # opened after init: tracked either way
     engines = fsa_engines(db, app)
     assert names(app) == ["default", "reports"]
-    opened = tracking.open_connections(engines[None])
+    opened = dbfix_engines.open_connections(engines[None])
     assert len(opened) == 1
     assert opened[0].origin is not None
     assert opened[0].origin.filename == __file__
@@ -114,7 +116,7 @@ def test_connection_opened_between_the_two_init_apps_has_its_origin(tmp_path: Pa
         db.session.execute(text("SELECT 1"))
         line = __import__("inspect").currentframe().f_lineno - 1  # type: ignore[union-attr]
         engine = db.engine
-    (opened,) = tracking.open_connections(engine)
+    (opened,) = dbfix_engines.open_connections(engine)
     assert (opened.origin.filename, opened.origin.lineno) == (__file__, line)  # type: ignore[union-attr]
 
 
@@ -129,7 +131,7 @@ def test_engine_picked_up_at_its_first_connection_is_not_reported_as_in_use(
     with caplog.at_level("WARNING", logger="flask_uwsgi_dbfix"), app.app_context():
         db.session.execute(text("SELECT 1"))
     assert [r.getMessage() for r in caplog.records if r.name == "flask_uwsgi_dbfix"] == []
-    assert len(tracking.open_connections(fsa_engines(db, app)[None])) == 1
+    assert len(dbfix_engines.open_connections(fsa_engines(db, app)[None])) == 1
 
 
 def test_several_apps_share_one_extension_without_mixing_engines(tmp_path: Path) -> None:
@@ -143,7 +145,8 @@ def test_several_apps_share_one_extension_without_mixing_engines(tmp_path: Path)
         apps.append(app)
         fsa_engines(db, app)  # Flask-SQLAlchemy 2.x creates engines on first use
     urls = [
-        [str(m.engine.url) for m in registry.app_engines(a) if m.source != "register"] for a in apps
+        [str(m.engine.url) for m in dbfix_engines.app_engines(a) if m.source != "register"]
+        for a in apps
     ]
     assert urls == [[f"sqlite:///{tmp_path}/one.db"], [f"sqlite:///{tmp_path}/two.db"]]
 
@@ -153,9 +156,9 @@ def test_disabled_extension_manages_nothing(tmp_path: Path) -> None:
     db = SQLAlchemy(app)
     FlaskDBFix(app)
     with app.app_context():
-        assert not tracking.is_tracked(db.engine)
-    assert registry.app_engines(app) == [
-        m for m in registry.app_engines(app) if m.source == "register"
+        assert not dbfix_engines.is_managed(db.engine)
+    assert dbfix_engines.app_engines(app) == [
+        m for m in dbfix_engines.app_engines(app) if m.source == "register"
     ]
 
 
@@ -166,7 +169,7 @@ def test_in_memory_sqlite_is_left_alone(tmp_path: Path) -> None:
     FlaskDBFix(app)
     with app.app_context():
         db.session.execute(text("SELECT 1"))
-        assert not tracking.is_tracked(db.engine)
+        assert not dbfix_engines.is_managed(db.engine)
     assert names(app) == []
 
 
@@ -174,7 +177,7 @@ def test_register_returns_the_engine_and_rejects_other_objects(tmp_path: Path) -
     engine = create_engine(f"sqlite:///{tmp_path / 'plain.db'}")
     assert register(engine, name="plain") is engine
     assert FlaskDBFix.register(engine) is engine
-    assert tracking.is_tracked(engine)
+    assert dbfix_engines.is_managed(engine)
     with pytest.raises(TypeError, match="takes a sqlalchemy.engine.Engine, got str"):
         register("sqlite://")  # type: ignore[arg-type]
 
@@ -194,7 +197,7 @@ def test_apps_and_engines_are_not_kept_alive(tmp_path: Path) -> None:
 
 def test_outside_uwsgi_the_hook_is_not_installed_and_nothing_breaks(tmp_path: Path) -> None:
     FlaskDBFix(make_app(tmp_path))
-    assert postfork.uwsgi_hook_status() == "not under uWSGI"
+    assert forkhooks.uwsgi_hook_status() == "not under uWSGI"
 
 
 def test_engine_disposed_by_the_app_stays_tracked(tmp_path: Path) -> None:
@@ -206,17 +209,17 @@ def test_engine_disposed_by_the_app_stays_tracked(tmp_path: Path) -> None:
         db.create_all()
         db.engine.dispose()
         db.session.execute(text("SELECT 1"))
-        assert len(tracking.open_connections(db.engine)) == 1
+        assert len(dbfix_engines.open_connections(db.engine)) == 1
         db.session.close()
         db.engine.dispose()
-        assert tracking.open_connections(db.engine) == []
+        assert dbfix_engines.open_connections(db.engine) == []
 
 
 def test_masked_url_hides_passwords_in_the_query_string_too() -> None:
     engine = create_engine(
         "postgresql+psycopg2://app:s3cret@db/app?password=hunter2&sslpassword=k3y&sslmode=require"
     )
-    shown = tracking.masked_url(engine)
+    shown = masked_url(engine)
     for secret in ("s3cret", "hunter2", "k3y"):
         assert secret not in shown
     assert "sslmode=require" in shown

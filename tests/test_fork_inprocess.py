@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from flask_uwsgi_dbfix import forkwatch, register, registry, tracking
+from flask_uwsgi_dbfix import DBFixConfig, forkwatch, register, stamps
+from flask_uwsgi_dbfix import engines as dbfix_engines
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
 BACKEND = text(
@@ -79,6 +80,14 @@ def _read_until_eof(fd: int, pid: int, timeout: float) -> bytes:
             chunks.append(chunk)
     finally:
         os.close(fd)
+
+
+def guard_only(engine: Engine) -> dbfix_engines.ManagedEngine:
+    """Stamp and guard ``engine`` as a managed one, but out of the registry: no fork hook
+    knows it, so only the guard protects it (a fork no hook sees)."""
+    managed = dbfix_engines.ManagedEngine(engine, "guarded", "register", DBFixConfig(), os.getpid())
+    managed.start(engine)
+    return managed
 
 
 @contextlib.contextmanager
@@ -172,15 +181,15 @@ def test_pid_guard_replaces_a_connection_checked_out_in_another_process(
     was guarded (the guard's fast path in its home process) or already held a connection.
     """
     if not page:
-        monkeypatch.setattr(forkwatch, "WATCH", forkwatch.ForkWatch(None))
-    elif forkwatch.WATCH.page is None:
+        monkeypatch.setattr(forkwatch, "_watch", forkwatch.ForkWatch(None))
+    elif forkwatch.watch().page is None:
         pytest.skip("no MADV_WIPEONFORK page on this kernel: the getpid case covers it")
     engine = create_engine(fresh_db(), pool_size=1, max_overflow=0, pool_pre_ping=pre_ping)
     try:
         if connect_first:
             parent_backend, _ = backend(engine)
         # Tracked but not registered: no at-fork hook disposes it, only the guard protects.
-        tracking.track(engine, pid_guard=True)
+        guard_only(engine)
         if not connect_first:
             parent_backend, _ = backend(engine)
 
@@ -197,7 +206,7 @@ def test_pid_guard_replaces_a_connection_checked_out_in_another_process(
 def test_pid_guard_in_a_grandchild(engine: Engine, fork: Callable[[], int]) -> None:
     """A child's pool is guarded in the child (its new home); a fork of that child must
     still get its own connection, not the child's."""
-    tracking.track(engine, pid_guard=True)
+    guard_only(engine)
     parent_backend, _ = backend(engine)
 
     def child_work() -> dict[str, Any]:
@@ -246,7 +255,8 @@ def test_fork_while_another_thread_holds_the_extensions_locks_does_not_hang(
     """A lock held by another thread at fork time is never released in the child; the
     at-fork hook must not wait for it."""
     register(engine, name="locked")
-    with held_by_another_thread(registry._lock, tracking._trackers_lock):
+    (managed,) = [m for m in dbfix_engines.all_engines() if m.engine is engine]
+    with held_by_another_thread(dbfix_engines._lock, managed._lock, stamps._recorded_lock):
         with warnings.catch_warnings():  # Python 3.12+ warns about forking with threads
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()

@@ -17,19 +17,19 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
-from flask_uwsgi_dbfix import forkwatch, tracking
+from flask_uwsgi_dbfix import forkwatch, stamps
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
-from tests.test_fork_inprocess import in_child, raw_fork
+from tests.test_fork_inprocess import guard_only, in_child, raw_fork
 
 needs_page = pytest.mark.skipif(
-    forkwatch.WATCH.page is None, reason="no MADV_WIPEONFORK on this kernel"
+    forkwatch.watch().page is None, reason="no MADV_WIPEONFORK on this kernel"
 )
 
 
 @needs_page
 @pytest.mark.parametrize("fork", [os.fork, raw_fork], ids=["os.fork", "raw_fork"])
 def test_a_child_sees_the_page_wiped_and_learns_its_own_pid(fork: Callable[[], int]) -> None:
-    watch = forkwatch.WATCH
+    watch = forkwatch.watch()
     parent_generation = watch.generation()
     assert watch.pid() == os.getpid()
 
@@ -94,17 +94,17 @@ def test_a_new_process_given_the_home_pid_again_still_checks_the_stamp(
     """Pid reuse: the process that guarded an empty pool exits; a descendant that opened
     its own connection forks a process the kernel gives the first one's pid. That process
     must not take the pool for its home and hand out its parent's connection."""
-    tracking.track(sqlite_engine, pid_guard=True)  # an empty pool: this process is home
+    guard_only(sqlite_engine)  # an empty pool: this process is home
     home_pid = os.getpid()
     with sqlite_engine.connect() as conn:
         record = conn.connection._connection_record
     assert record is not None
-    setattr(record, tracking._PID_ATTR, home_pid + 1)  # opened by a descendant
-    page = forkwatch.WATCH.page
+    setattr(record, stamps.PID_ATTR, home_pid + 1)  # opened by a descendant
+    page = forkwatch.watch().page
     assert page is not None
     page[0] = 0  # a fork happened ...
     monkeypatch.setattr(os, "getpid", lambda: home_pid)  # ... into the home pid, reused
     with sqlite_engine.connect() as conn:
         again = conn.connection._connection_record
     assert again is record
-    assert getattr(again, tracking._PID_ATTR) == home_pid  # dropped and reconnected here
+    assert getattr(again, stamps.PID_ATTR) == home_pid  # dropped and reconnected here

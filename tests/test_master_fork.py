@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
-from sqlalchemy.pool import Pool
 
 from flask_uwsgi_dbfix import (
     HeldAcrossForkError,
     PreForkConnectionWarning,
-    postfork,
+    forkhooks,
     register,
-    tracking,
+    testing,
 )
+from flask_uwsgi_dbfix import engines as dbfix_engines
 from harness.postgres import PostgresServer, default_driver
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 from tests.pgstat import backend_alive
@@ -39,7 +39,7 @@ HELD_MESSAGE = "this connection was in use when the process forked (opened at "
 @pytest.fixture(autouse=True)
 def parent_not_warned_yet(monkeypatch: pytest.MonkeyPatch) -> None:
     """The parent warns once per process; each test is a fresh parent."""
-    monkeypatch.setattr(postfork, "_parent_warned", False)
+    monkeypatch.setattr(forkhooks._hooks, "parent_warned", False)
 
 
 @pytest.fixture
@@ -151,13 +151,19 @@ def test_register_after_use_covers_idle_and_a_scoped_session_held_at_fork(
     pg: PostgresServer, make_engine: Callable[..., Engine]
 ) -> None:
     """CKAN style: a scoped_session queries at import and is never closed; the engine is
-    registered only afterwards. It used to be neither counted nor protected."""
+    registered only afterwards. It used to be neither counted nor protected. Where the
+    connections were opened is known here because something recorded it (a test suite's
+    record_origins(), or `flask dbfix check`)."""
     engine = make_engine()
-    scoped = scoped_session(sessionmaker(bind=engine))
-    held_backend = scoped.execute(BACKEND).one()[0]  # MARK: scoped held
-    backend(engine)  # MARK: idle before register
+    testing.record_origins()
+    try:
+        scoped = scoped_session(sessionmaker(bind=engine))
+        held_backend = scoped.execute(BACKEND).one()[0]  # MARK: scoped held
+        backend(engine)  # MARK: idle before register
+    finally:
+        testing.stop_recording_origins()
     register(engine, name="late", close_before_fork=False)
-    opened = tracking.open_connections(engine)
+    opened = dbfix_engines.open_connections(engine)
     assert sorted(c.checked_out for c in opened) == [False, True]
     origins = {c.checked_out: c.origin for c in opened}
     assert origins[True] is not None and origins[False] is not None
@@ -173,20 +179,17 @@ def test_register_after_use_covers_idle_and_a_scoped_session_held_at_fork(
     scoped.remove()
 
 
-def test_connections_opened_before_the_package_was_imported_are_counted_and_dropped(
+def test_connections_opened_before_the_package_was_switched_on_are_counted_and_dropped(
     make_engine: Callable[..., Engine],
 ) -> None:
-    """Simulated by opening them with the package's connect listener removed."""
+    """Nothing recorded who opened them: they are still found, dropped in the child, and
+    said to come from an unknown place."""
     engine = make_engine()
-    event.remove(Pool, "connect", tracking._stamp)
-    try:
-        held = engine.connect()
-        held_backend = held.execute(BACKEND).one()[0]
-        parent_idle = backend(engine)[0]
-    finally:
-        event.listen(Pool, "connect", tracking._stamp)
+    held = engine.connect()
+    held_backend = held.execute(BACKEND).one()[0]
+    parent_idle = backend(engine)[0]
     register(engine, name="early", close_before_fork=False)
-    opened = tracking.open_connections(engine)
+    opened = dbfix_engines.open_connections(engine)
     assert sorted(c.checked_out for c in opened) == [False, True]
     assert [c.origin for c in opened] == [None, None]
     assert {c.pid for c in opened} == {os.getpid()}
@@ -200,7 +203,7 @@ def test_connections_opened_before_the_package_was_imported_are_counted_and_drop
             first = str(exc)
         return {"own": own, "first": first}
 
-    with pytest.warns(PreForkConnectionWarning, match="opened before flask_uwsgi_dbfix was"):
+    with pytest.warns(PreForkConnectionWarning, match="opened before flask-uwsgi-dbfix was"):
         child = in_child(child_work)
     assert child["own"] not in (parent_idle, held_backend)
     assert "(opened at an unknown place)" in child["first"]
@@ -232,7 +235,7 @@ def test_origin_is_the_users_line_via_the_library_that_connected(
     engine = make_engine()
     register(engine, name="via")
     fakelib_inproc.warm_up(engine)  # MARK: user calls library
-    (opened,) = tracking.open_connections(engine)
+    (opened,) = dbfix_engines.open_connections(engine)
     origin = opened.origin
     assert origin is not None and origin.via is not None
     assert (origin.filename, origin.lineno) == (__file__, line_of("user calls library"))

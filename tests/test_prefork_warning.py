@@ -16,7 +16,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import text
 
-from flask_uwsgi_dbfix import FlaskDBFix, PreForkConnectionWarning, registry
+from flask_uwsgi_dbfix import FlaskDBFix, PreForkConnectionWarning, engines
 from flask_uwsgi_dbfix.prefork import emit_warning, inherited_connections
 from harness.postgres import PostgresServer, default_driver
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
@@ -46,7 +46,7 @@ def test_warning_names_engine_masked_url_and_the_line(
     pg: PostgresServer, fresh_db: Callable[[], str]
 ) -> None:
     app, line = create_app(fresh_db(), query_at_creation=True)
-    found = inherited_connections(registry.app_engines(app), OTHER_PID)
+    found = inherited_connections(engines.app_engines(app), OTHER_PID)
 
     with pytest.warns(PreForkConnectionWarning) as caught:
         emit_warning(found)
@@ -62,9 +62,9 @@ def test_warning_names_engine_masked_url_and_the_line(
     assert (warning.filename, warning.lineno) == (__file__, line)
 
 
-def own_engines(app: Flask) -> list[registry.ManagedEngine]:
+def own_engines(app: Flask) -> list[engines.ManagedEngine]:
     """The app's engines, without the register()-ed engines of other tests."""
-    return [m for m in registry.app_engines(app) if m.source != "register"]
+    return [m for m in engines.app_engines(app) if m.source != "register"]
 
 
 def test_clean_app_has_nothing_to_warn_about(fresh_db: Callable[[], str]) -> None:
@@ -81,7 +81,7 @@ def test_connections_opened_by_this_process_are_not_inherited(
 
 SHOW_ONCE = """
 import logging, os, sys
-from flask_uwsgi_dbfix import registry
+from flask_uwsgi_dbfix import engines
 from flask_uwsgi_dbfix.prefork import emit_warning, inherited_connections
 from tests.test_prefork_warning import create_app
 if sys.argv[1] == "basicConfig":
@@ -90,7 +90,7 @@ elif sys.argv[1] == "captureWarnings":
     logging.basicConfig(format="LOG %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
 app, line = create_app(os.environ["DATABASE_URL"], query_at_creation=True)
-emit_warning(inherited_connections(registry.app_engines(app), os.getpid() + 100_000))
+emit_warning(inherited_connections(engines.app_engines(app), os.getpid() + 100_000))
 """
 
 

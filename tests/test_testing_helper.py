@@ -21,7 +21,8 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool.base import _ConnectionRecord
 
-from flask_uwsgi_dbfix import FlaskDBFix, registry, testing
+from flask_uwsgi_dbfix import FlaskDBFix, testing
+from flask_uwsgi_dbfix._compat import flask_sqlalchemy_engines
 from flask_uwsgi_dbfix.testing import assert_fork_safe
 from harness.postgres import PostgresServer
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
@@ -54,7 +55,7 @@ def make_app(url: str, *, fix: bool) -> Built:
 
 
 def engine_of(app: Flask) -> Engine:
-    return registry.flask_sqlalchemy_engines(app)[None]
+    return flask_sqlalchemy_engines(app)[None]
 
 
 def masked(url: str) -> str:
@@ -317,20 +318,32 @@ def test_without_os_fork_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         assert_fork_safe(Flask(__name__))
 
 
+@pytest.fixture(autouse=True)
+def recording_origins() -> Iterator[None]:
+    """What the docs tell users to do at the top of conftest.py, undone after each test so
+    that the rest of this suite runs without the process-wide listener."""
+    testing.record_origins()
+    yield
+    testing.stop_recording_origins()
+
+
 @pytest.mark.parametrize("fix", [True, False], ids=["fix", "no-fix"])
-def test_a_connection_opened_before_the_helper_was_imported(tmp_path: Path, fix: bool) -> None:
-    """Simulated by erasing the package's stamp: the report says so, and how to get the
-    line named, on a managed engine (passes) and an unmanaged one (fails)."""
+def test_a_connection_opened_before_anything_recorded_it(tmp_path: Path, fix: bool) -> None:
+    """A managed engine records where its connections are opened; an unmanaged one only
+    with record_origins() on. Without either, the report says so and how to get the line
+    named, on a managed engine (passes) and an unmanaged one (fails)."""
+    testing.stop_recording_origins()
     url = f"sqlite:///{tmp_path / 'early.db'}"
     app, line = make_app(url, fix=fix)
     engine = engine_of(app)
     try:
-        for record in gc.get_objects():
-            if isinstance(record, _ConnectionRecord) and record.dbapi_connection is not None:
-                record.info.pop("flask_uwsgi_dbfix.origin", None)
+        if fix:  # managed, and so recorded: simulate a connection opened before FlaskDBFix
+            for record in gc.get_objects():
+                if isinstance(record, _ConnectionRecord) and record.dbapi_connection is not None:
+                    setattr(record, "_flask_uwsgi_dbfix_origin", None)  # noqa: B010
         unknown = (
-            "an unknown place (opened before flask_uwsgi_dbfix was imported; import it"
-            " before the app opens connections, e.g. at the top of conftest.py, to see where)"
+            "an unknown place (opened before anything recorded it; call "
+            "flask_uwsgi_dbfix.testing.record_origins() at the top of conftest.py to see where)"
         )
         if fix:
             [check] = assert_fork_safe(app).engines[:1]

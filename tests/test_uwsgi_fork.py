@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 
-from flask_uwsgi_dbfix.check import osafterfork_kills_workers
+from flask_uwsgi_dbfix.check.findings.ini import osafterfork_kills_workers
 from harness.load import LoadResult, run_load
 from harness.postgres import PostgresServer, default_driver
 from harness.uwsgi import UwsgiServer

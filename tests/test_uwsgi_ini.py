@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_uwsgi_dbfix.uwsgi_ini import (
+from flask_uwsgi_dbfix.check.uwsgi_ini import (
     IniError,
     UwsgiIni,
     parse_bool,

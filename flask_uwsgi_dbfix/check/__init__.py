@@ -12,13 +12,11 @@ modules, in the order the command uses them:
 - :mod:`~flask_uwsgi_dbfix.check.report` holds the report's dataclasses;
 - :mod:`~flask_uwsgi_dbfix.check.output` prints it for people (``render_human``) and as
   JSON (``report_to_json``);
-- :mod:`~flask_uwsgi_dbfix.check.cli` is the ``flask dbfix`` command group, glue only.
 
-The old module paths ``flask_uwsgi_dbfix.check_output``, ``flask_uwsgi_dbfix.uwsgi_ini`` and
-``flask_uwsgi_dbfix.cli`` still import.
+The ``flask dbfix`` command group (:mod:`flask_uwsgi_dbfix.commands`) imports this package
+only when a command runs: never in a worker.
 """
 
-from .findings.ini import osafterfork_kills_workers
 from .inspection import build_report
 from .report import (
     DEFAULT_INI,
@@ -43,5 +41,4 @@ __all__ = [
     "UwsgiReport",
     "build_report",
     "exit_code",
-    "osafterfork_kills_workers",
 ]

@@ -19,8 +19,14 @@ from sqlalchemy.pool import QueuePool
 
 from .. import _compat
 from ..config import DBFixConfig
-from ..registry import DEFAULT_BIND_NAME, app_engines, flask_sqlalchemy_engines
-from ..tracking import is_process_local, masked_url, open_connections, pool_connections
+from ..engines import (
+    DEFAULT_BIND_NAME,
+    adopt_app_engines,
+    app_engines,
+    is_process_local,
+    pool_connections,
+)
+from ..masking import masked_url
 from .findings import find
 from .report import (
     DEFAULT_INI,
@@ -82,15 +88,16 @@ def _inspect_engines(
     engines: list[EngineReport] = []
     prefork: list[PreforkConnection] = []
     _compat.create_flask_sqlalchemy_engines(app)
+    adopt_app_engines()  # engines Flask-SQLAlchemy made but nothing connected yet
     managed = app_engines(app)
     for m in managed:
-        opened = open_connections(m.engine)
+        opened = m.open_connections()
         described = _engine_report(m.name, m.source, m.engine, len(opened), True)
         engines.append(described)
         url = described.url
         prefork += [PreforkConnection(m.name, url, c.pid, c.checked_out, c.origin) for c in opened]
     known = {id(m.engine) for m in managed}
-    for key, engine in flask_sqlalchemy_engines(app).items():
+    for key, engine in _compat.flask_sqlalchemy_engines(app).items():
         if id(engine) in known or is_process_local(engine):
             continue
         name = DEFAULT_BIND_NAME if key is None else key
@@ -107,7 +114,7 @@ def _engine_report(
 ) -> EngineReport:
     pool = engine.pool
     size = pool.size() if isinstance(pool, QueuePool) else None
-    overflow = getattr(pool, "_max_overflow", None) if isinstance(pool, QueuePool) else None
+    overflow = _compat.max_overflow(pool) if isinstance(pool, QueuePool) else None
     return EngineReport(
         name=name,
         source=source,
@@ -116,7 +123,7 @@ def _engine_report(
         driver=str(engine.dialect.driver),
         pool_class=type(pool).__name__,
         pool_size=size,
-        max_overflow=overflow if isinstance(overflow, int) else None,
+        max_overflow=overflow,
         open_connections=opened,
         managed=managed,
     )

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from ..config import DBFixConfig
-from ..tracking import CodeLocation, mask_passwords
+from ..masking import mask_passwords
+from ..stamps import CodeLocation
 from .report import (
     AppMatch,
     CheckReport,

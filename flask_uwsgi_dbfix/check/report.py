@@ -14,12 +14,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import DBFixConfig
-from ..tracking import CodeLocation
+from ..config import DEFAULT_INI, DBFixConfig
+from ..stamps import UNKNOWN_ORIGIN, CodeLocation
 from .uwsgi_ini import ServedApp, UwsgiIni, UwsgiSettings
 
 __all__ = [
     "DEFAULT_INI",
+    "UNKNOWN_ORIGIN",
     "AppMatch",
     "CheckReport",
     "EngineReport",
@@ -33,11 +34,8 @@ __all__ = [
     "short_path",
 ]
 
-DEFAULT_INI = "uwsgi.ini"
 
 Severity = Literal["error", "warning", "info"]
-UNKNOWN_ORIGIN = "an unknown place (opened before flask_uwsgi_dbfix was imported)"
-"""What :func:`describe_origin` says when the code that opened a connection is not known."""
 
 
 # -- the report ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
 from flask_uwsgi_dbfix import FlaskDBFix
-from flask_uwsgi_dbfix.cli import dbfix_cli
+from flask_uwsgi_dbfix.commands import dbfix_cli
 
 
 def create_app(

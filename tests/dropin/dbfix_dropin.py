@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_uwsgi_dbfix import FlaskDBFix, registry
+from flask_uwsgi_dbfix import FlaskDBFix, engines
 
 ORDER = os.environ["DBFIX_DROPIN_ORDER"]
 _original_init_app = SQLAlchemy.init_app
@@ -36,7 +36,7 @@ def _init_app(self: SQLAlchemy, app: Flask) -> None:
     if ORDER == "after":
         _add_dbfix(app)
     _managed["apps_without_dbfix"] += "dbfix" not in app.extensions
-    _managed["engines"] += sum(m.source == "flask-sqlalchemy" for m in registry.app_engines(app))
+    _managed["engines"] += sum(m.source == "flask-sqlalchemy" for m in engines.app_engines(app))
 
 
 SQLAlchemy.init_app = _init_app  # type: ignore[method-assign]

@@ -7,7 +7,7 @@ import functools
 import sys
 from collections.abc import Callable
 
-from ...tracking import mask_passwords
+from ...masking import mask_passwords
 from ..report import CheckReport, EngineReport, Finding, UwsgiReport, plural, short_path
 from ..uwsgi_ini import ServedApp, Unresolved, UwsgiIni
 
@@ -110,11 +110,7 @@ def py_call_osafterfork(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding
     if not uwsgi.settings.py_call_osafterfork:
         return []
     where = _ini_location(uwsgi.ini, "py-call-osafterfork")
-    # Looked up on the package at call time: flask_uwsgi_dbfix.check.osafterfork_kills_workers
-    # is the public name, the one to replace to see the verdict for the other Python.
-    from .. import osafterfork_kills_workers as kills_workers
-
-    if kills_workers():
+    if osafterfork_kills_workers():
         return [
             Finding(
                 "py-call-osafterfork",

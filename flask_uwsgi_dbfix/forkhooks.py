@@ -1,11 +1,12 @@
 """The fork hooks: before a fork, the parent closes its idle connections; in the forked
-child, forget the inherited ones, then warn once per startup.
+child, forget the inherited ones, then warn once per start-up.
 
-In the child two hooks lead here. Under uWSGI, ``uwsgidecorators.postfork`` runs in
-every worker, respawned workers, mules and the spooler. For every other fork made
-through Python (``os.fork``, ``multiprocessing``, gunicorn, Celery prefork),
-``os.register_at_fork``. Its ``before`` hook runs in the parent of those forks, and in
-the uWSGI master only with ``py-call-uwsgi-fork-hooks``.
+Installed by the first ``FlaskDBFix``/``register()`` of a process, never by an import. In
+the child two hooks lead here. Under uWSGI, ``uwsgidecorators.postfork`` runs in every
+worker, respawned workers, mules and the spooler. For every other fork made through Python
+(``os.fork``, ``multiprocessing``, gunicorn, Celery prefork), ``os.register_at_fork``. Its
+``before`` hook runs in the parent of those forks, and in the uWSGI master only with
+``py-call-uwsgi-fork-hooks``. All their state is one :class:`_Hooks` object.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import registry, tracking
+from . import child, engines
 from .prefork import (
     InheritedConnections,
     close_idle_connections,
@@ -27,17 +29,17 @@ from .prefork import (
     open_in,
 )
 
-logger = logging.getLogger("flask_uwsgi_dbfix")
+__all__ = [
+    "before_fork",
+    "can_fork",
+    "forget_inherited_connections",
+    "install",
+    "on_uwsgi_postfork",
+    "probe_fork",
+    "uwsgi_hook_status",
+]
 
-_install_lock = threading.Lock()
-_installed = False
-_uwsgi_hook = "not installed"
-_startup_token: _StartupToken | None = None
-_inherited: list[InheritedConnections] = []
-_probing = False
-_parent_warned = False
-_reported_by_parent = False
-"""Set by the before-fork hook; the child reads its copy: the parent spoke for it."""
+logger = logging.getLogger("flask_uwsgi_dbfix")
 
 
 class _StartupToken:
@@ -62,25 +64,52 @@ class _StartupToken:
             return False
 
 
+@dataclass
+class _Hooks:
+    installed: bool = False
+    uwsgi_hook: str = "not installed"
+    """``uwsgidecorators``, ``post_fork_hook``, ``not under uWSGI`` or ``not installed``."""
+    startup_token: _StartupToken | None = None
+    """Under uWSGI only: who warns for the workers of one start-up."""
+    inherited: list[InheritedConnections] = field(default_factory=list)
+    """Under uWSGI with ``py-call-osafterfork``: what the os-level hook found, for the
+    uWSGI hook that runs next to warn about."""
+    probing: bool = False
+    """``assert_fork_safe``'s fork is under way: look, do not act."""
+    parent_warned: bool = False
+    reported_by_parent: bool = False
+    """Set by the before-fork hook; the child reads its copy: the parent spoke for it."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_hooks = _Hooks()
+
+
+def can_fork() -> bool:
+    """Whether this platform forks at all (Windows does not: nothing to protect)."""
+    return hasattr(os, "fork") and hasattr(os, "register_at_fork")
+
+
 def forget_inherited_connections() -> list[InheritedConnections]:
     """Drop every managed engine's connections that another process opened.
 
     Never closes, pings or writes to them: that is the parent's socket. Returns what was
     inherited, for the warning.
     """
-    registry.reset_locks_in_child()
-    tracking.reset_locks_in_child()
-    engines = registry.all_engines()
+    engines.reset_locks_in_child()
+    engines.adopt_app_engines()
+    managed = engines.all_engines()
+    pid = os.getpid()
     try:  # read before forgetting; a failure here must not stop the forgetting
-        found = inherited_connections([m for m in engines if m.prefork_warning], os.getpid())
+        found = inherited_connections([m for m in managed if m.prefork_warning], pid)
     except Exception:
         logger.exception("flask-uwsgi-dbfix: could not list inherited connections")
         found = []
-    for managed in engines:
+    for m in managed:
         try:  # one engine's failure (e.g. a user's dispose listener) must not spare the rest
-            tracking.forget_inherited(managed.engine)
+            child.forget_inherited(m, pid)
         except Exception:
-            logger.exception("flask-uwsgi-dbfix: could not reset engine %r", managed.name)
+            logger.exception("flask-uwsgi-dbfix: could not reset engine %r", m.name)
     return found
 
 
@@ -89,25 +118,26 @@ def on_uwsgi_postfork() -> None:
     worker and could leave the worker half set up."""
     try:
         # With --py-call-osafterfork the os-level hook ran first and kept what it found.
-        found = _inherited + forget_inherited_connections()
-        _inherited.clear()
-        if found and _startup_token is not None and _startup_token.take():
+        found = _hooks.inherited + forget_inherited_connections()
+        _hooks.inherited.clear()
+        token = _hooks.startup_token
+        if found and token is not None and token.take():
             emit_warning(found)
     except Exception:
         logger.exception("flask-uwsgi-dbfix: post-fork hook failed")
 
 
-def _on_os_fork() -> None:
+def _after_fork_in_child() -> None:
     try:
         found = forget_inherited_connections()
     except Exception:
         logger.exception("flask-uwsgi-dbfix: after-fork hook failed")
         return
-    if found and _startup_token is not None:
-        _inherited.extend(found)  # under uWSGI: the post-fork hook will warn about these
+    if found and _hooks.startup_token is not None:
+        _hooks.inherited.extend(found)  # under uWSGI: the post-fork hook will warn about these
     elif found:
         logger.log(
-            logging.DEBUG if _reported_by_parent else logging.INFO,
+            logging.DEBUG if _hooks.reported_by_parent else logging.INFO,
             "flask-uwsgi-dbfix: forked child %d dropped %d inherited connection(s)",
             os.getpid(),
             sum(len(f.connections) for f in found),
@@ -119,12 +149,11 @@ def probe_fork() -> Iterator[None]:
     """Around a fork made to look rather than to serve (``assert_fork_safe``): the
     before-fork hook then neither closes nor warns, so the parent stays exactly as it was
     and the child sees what a worker of a master that keeps its connections would."""
-    global _probing
-    _probing = True
+    _hooks.probing = True
     try:
         yield
     finally:
-        _probing = False
+        _hooks.probing = False
 
 
 def before_fork() -> None:
@@ -132,13 +161,12 @@ def before_fork() -> None:
     e.g., a worker forking its own children), close their idle pooled connections, and
     outside uWSGI warn once per parent about those it could not (checked out) or did not
     (``DBFIX_CLOSE_BEFORE_FORK`` off) close. Never raises."""
-    global _reported_by_parent
-    _reported_by_parent = False
-    if _probing or _in_uwsgi_worker():
+    _hooks.reported_by_parent = False
+    if _hooks.probing or _in_uwsgi_worker():
         return  # lazy-apps: a worker loaded the app and forks its own children
     # Another thread may hold the registry's lock (it may even wait for this fork): give
     # up closing rather than hang the fork; the children still forget what they inherit.
-    if not registry.lock_for_fork():
+    if not engines.lock_for_fork():
         logger.debug("flask-uwsgi-dbfix: before fork: registry busy, nothing closed")
         return
     try:
@@ -146,25 +174,25 @@ def before_fork() -> None:
     except Exception:
         logger.debug("flask-uwsgi-dbfix: before-fork hook failed", exc_info=True)
     finally:
-        registry.unlock_after_fork()
+        engines.unlock_after_fork()
 
 
 def _close_and_warn() -> None:
-    global _reported_by_parent, _parent_warned
     pid = os.getpid()
-    mine = [m for m in registry.all_engines() if m.owner_pid == pid]
+    engines.adopt_app_engines()
+    mine = [m for m in engines.all_engines() if m.owner_pid == pid]
     if not mine:
         return
     closed = close_idle_connections([m for m in mine if m.close_before_fork])
     if closed:
         logger.info("%s", format_closed(closed))
     logger.debug("flask-uwsgi-dbfix: before fork in %d: closed %d engine(s)", pid, len(closed))
-    _reported_by_parent = True
-    if _startup_token is not None or _parent_warned:
+    _hooks.reported_by_parent = True
+    if _hooks.startup_token is not None or _hooks.parent_warned:
         return  # under uWSGI the first worker warns, with the same message
     left = open_in([m for m in mine if m.prefork_warning])
     if left:
-        _parent_warned = True
+        _hooks.parent_warned = True
         try:
             emit_warning(left, uwsgi=False)
         except Exception as exc:  # a warnings filter turned it into an error
@@ -172,7 +200,7 @@ def _close_and_warn() -> None:
 
 
 def _in_uwsgi_worker() -> bool:
-    if _startup_token is None:
+    if _hooks.startup_token is None:
         return False
     try:
         import uwsgi
@@ -182,30 +210,31 @@ def _in_uwsgi_worker() -> bool:
         return False
 
 
-def install() -> None:
-    """Install the fork hooks once per process. Safe to call anywhere, any number of times."""
-    global _installed, _uwsgi_hook
-    with _install_lock:
-        if _installed:
-            return
-        _installed = True
-        os.register_at_fork(before=before_fork, after_in_child=_on_os_fork)
-        _uwsgi_hook = _install_uwsgi_hook()
+def install() -> bool:
+    """Install the fork hooks once per process; False where the platform cannot fork.
+    Safe to call anywhere, any number of times."""
+    if not can_fork():
+        return False
+    with _hooks.lock:
+        if not _hooks.installed:
+            _hooks.installed = True
+            os.register_at_fork(before=before_fork, after_in_child=_after_fork_in_child)
+            _hooks.uwsgi_hook = _install_uwsgi_hook()
+    return True
 
 
 def uwsgi_hook_status() -> str:
     """How the uWSGI hook was installed: ``uwsgidecorators``, ``post_fork_hook``,
     ``not under uWSGI`` or ``not installed``."""
-    return _uwsgi_hook
+    return _hooks.uwsgi_hook
 
 
 def _install_uwsgi_hook() -> str:
-    global _startup_token
     try:
         import uwsgi
     except ImportError:
         return "not under uWSGI"
-    _startup_token = _StartupToken()
+    _hooks.startup_token = _StartupToken()
     previous: Any = getattr(uwsgi, "post_fork_hook", None)
     try:
         import uwsgidecorators

@@ -1,26 +1,26 @@
-"""``flask dbfix``: the command group :class:`~flask_uwsgi_dbfix.FlaskDBFix` adds to the app.
+"""``flask dbfix``: the command group, light enough to load with every ``flask`` command.
 
-``flask --app APP dbfix check`` loads the app exactly as ``flask`` does, so the database
-connections that are open when the command starts are the ones uWSGI's master would
-hold when it forks. The command is glue: :func:`~flask_uwsgi_dbfix.check.build_report`
-does the work and :mod:`flask_uwsgi_dbfix.check.output` prints it.
+Installing the package makes it a ``flask.commands`` plugin, and ``FlaskDBFix`` adds it to
+the app's CLI. Loading it imports nothing beyond Click and Flask (both loaded already) and
+changes nothing in the process. Running ``flask dbfix ...`` first switches on recording of
+where every connection is opened (:func:`~flask_uwsgi_dbfix.stamps.record_every_pool`),
+then ``flask`` loads the app, so the report names the lines that opened connections at
+import; the diagnosis (:mod:`flask_uwsgi_dbfix.check`) is imported only then.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
-from .inspection import build_report
-from .output import render_human, report_to_json
-from .report import DEFAULT_INI, exit_code
-from .uwsgi_ini import IniError
+from .config import DEFAULT_INI
 
-__all__ = ["dbfix_cli"]
+__all__ = ["BadInput", "dbfix_cli"]
 
 
 class BadInput(click.ClickException):
@@ -39,7 +39,15 @@ class _OneLineErrorCommand(click.Command):
             raise BadInput(f"{exc.format_message()} (see --help)") from None
 
 
-dbfix_cli = AppGroup("dbfix", help="Check that the app is safe under uWSGI's forking workers.")
+@click.group("dbfix", cls=AppGroup)
+def dbfix_cli() -> None:
+    """Check that the app is safe under uWSGI's forking workers."""
+    # Runs before `flask` loads the app for the subcommand (AppGroup loads it lazily), so
+    # connections the app opens while it loads are recorded with the line that opened them.
+    if hasattr(os, "register_at_fork"):
+        from .stamps import record_every_pool
+
+        record_every_pool()
 
 
 @dbfix_cli.command(
@@ -61,8 +69,17 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
 
     Exit status: 0 nothing to fix, 1 errors (or warnings with --strict), 2 bad input.
     """
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     ctx = click.get_current_context()
+    if not hasattr(os, "fork"):
+        message = "this platform cannot fork: no worker can inherit a connection"
+        click.echo(json.dumps({"can_fork": False, "message": message}) if as_json else message)
+        ctx.exit(0)
+
+    from .check import build_report, exit_code
+    from .check.output import render_human, report_to_json
+    from .check.uwsgi_ini import IniError
+
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     info = ctx.find_object(ScriptInfo)
     try:
         report = build_report(app, ini_path, app_import_path=info.app_import_path if info else None)

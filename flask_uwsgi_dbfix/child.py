@@ -1,0 +1,92 @@
+"""In a forked child: forget every connection the parent opened, without any I/O on it.
+
+Never close, ping or write to an inherited connection: that is the parent's socket
+(FACTS.md). Idle ones go with the old pool (``engine.dispose(close=False)``); ones that
+were checked out at fork time get a stand-in (:mod:`~flask_uwsgi_dbfix.held`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.pool import Pool, QueuePool
+
+from . import _compat, stamps
+from .held import replace_held
+
+if TYPE_CHECKING:
+    from .engines import ManagedEngine
+
+__all__ = ["drop", "forget_inherited", "is_empty"]
+
+_forgotten: list[Any] = []
+"""DBAPI connections this process dropped on purpose. Kept referenced, never collected:
+their finalizers would warn (sqlite3 on Python 3.13, psycopg 3: ``ResourceWarning``) about
+a connection that is not this process's to close. Bounded by the pools' sizes."""
+
+
+def keep_forgotten(dbapi_connection: Any) -> None:
+    if dbapi_connection is not None:
+        _forgotten.append(dbapi_connection)
+
+
+def drop(record: Any) -> None:
+    """Forget another process's connection; SQLAlchemy then connects afresh."""
+    keep_forgotten(record.dbapi_connection)
+    record.dbapi_connection = None
+
+
+def forget_inherited(managed: ManagedEngine, pid: int) -> None:
+    """Drop every connection of ``managed``'s engine that a process other than ``pid``
+    opened. A pool that never held a connection is kept as it is: nothing to drop, and
+    building a new pool in every worker writes to pages it would otherwise share with the
+    master (about 1.6 MiB per worker, docs/benchmarks.md)."""
+    engine = managed.engine
+    for record in managed.live_records():
+        if stamps.opener_pid(record, managed.owner_pid) == pid:
+            continue
+        keep_forgotten(record.dbapi_connection)
+        holder = _compat.holder(record)
+        if holder is not None:
+            replace_held(engine, record, holder, stamps.origin(record))
+        else:
+            record.dbapi_connection = None
+    if _never_connected(engine.pool):
+        if managed.pid_guard:
+            managed.guard(empty=True, again=True)
+        return
+    engine.dispose(close=False)
+
+
+def is_empty(pool: Pool) -> bool:
+    """True only if ``pool`` provably holds no connection, idle or lent out (QueuePool and
+    kin); False when it does, or when it cannot tell."""
+    checkedin = getattr(pool, "checkedin", None)
+    checkedout = getattr(pool, "checkedout", None)
+    if not callable(checkedin) or not callable(checkedout):
+        return False
+    try:
+        return bool(checkedin() == 0 and checkedout() == 0)
+    except Exception:
+        return False
+
+
+def _never_connected(pool: Pool) -> bool:
+    """True if ``pool`` can be kept as the parent left it: a plain ``QueuePool`` holding no
+    connection, none being opened, and none of its locks held by a parent thread at fork
+    time (they would stay locked here for good)."""
+    if type(pool) is not QueuePool:
+        return False  # other pools keep connections elsewhere (per thread, one static)
+    locks = _compat.pool_locks(pool)
+    if locks is None:
+        return False
+    taken = []
+    try:
+        for lock in locks:
+            if not lock.acquire(blocking=False):
+                return False
+            taken.append(lock)
+        return is_empty(pool)
+    finally:
+        for lock in reversed(taken):
+            lock.release()

@@ -1,0 +1,84 @@
+"""The pid guard: a pool never hands this process a connection another process opened.
+
+It wraps the pool's hand-out of a record, the step before SQLAlchemy looks at the
+connection: a record whose connection came from another pid gets its connection dropped
+(:func:`~flask_uwsgi_dbfix.child.drop`), and SQLAlchemy connects afresh. Unlike a
+``checkout`` event, this runs before ``pool_pre_ping`` and ``pool_recycle`` could ping or
+close the parent's socket, and it costs a fraction as much (benchmarks/pid_guard.py). It
+catches the forks that no hook saw.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from sqlalchemy.pool import Pool
+
+from . import _compat, forkwatch
+from ._compat import ConnectionPoolEntry
+from .child import drop, is_empty
+from .stamps import PID_ATTR
+
+__all__ = ["install_guard", "is_guarded"]
+
+_UNGUARDED_ATTR = "_flask_uwsgi_dbfix_unguarded"
+"""Set on a guarded pool: its own hand-out step, which the guard wraps."""
+
+
+def is_guarded(pool: object) -> bool:
+    return getattr(pool, _UNGUARDED_ATTR, None) is not None
+
+
+def install_guard(
+    pool: Pool, default_pid: int, *, empty: bool = False, again: bool = False
+) -> None:
+    """Make ``pool`` forget, without closing, any connection another process opened.
+
+    The current pid comes from :mod:`~flask_uwsgi_dbfix.forkwatch`, which notices every
+    fork, hooked or not, without a system call. A record without a stamp counts as opened
+    by ``default_pid``. ``empty``: the pool held no connection when guarded, so while we
+    are still the process that guarded it (its *home*, known by its forkwatch generation:
+    pids are handed out again once a process exits) every record it hands out was opened
+    here and needs no look at its stamp. ``again``: guard a pool guarded before anew (a
+    child keeping an empty pool makes itself its home).
+    """
+    hand_out = getattr(pool, _UNGUARDED_ATTR, None)
+    if hand_out is not None and not again:
+        return
+    hand_out = hand_out or _compat.hand_out(pool)
+    watch = forkwatch.watch()
+    page, cell, refresh = watch.page, watch.cell, watch.refresh
+    started = default_pid
+    guarded_do_get: Callable[[], ConnectionPoolEntry]
+
+    if page is None:  # no fork-wiped page here: ask the kernel on every checkout
+        getpid = os.getpid
+
+        def guarded_do_get() -> ConnectionPoolEntry:
+            record = hand_out()
+            if getattr(record, PID_ATTR, started) != getpid():
+                drop(record)
+            return record
+
+    elif empty or is_empty(pool):
+        home = watch.generation()
+
+        def guarded_do_get() -> ConnectionPoolEntry:
+            record = hand_out()
+            if not page[0]:
+                refresh()
+            if cell[1] != home and getattr(record, PID_ATTR, started) != cell[0]:
+                drop(record)
+            return record
+
+    else:
+
+        def guarded_do_get() -> ConnectionPoolEntry:
+            record = hand_out()
+            if getattr(record, PID_ATTR, started) != (cell[0] if page[0] else refresh()):
+                drop(record)
+            return record
+
+    _compat.replace_hand_out(pool, guarded_do_get)
+    setattr(pool, _UNGUARDED_ATTR, hand_out)
