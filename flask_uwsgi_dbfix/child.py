@@ -7,6 +7,7 @@ were checked out at fork time get a stand-in (:mod:`~flask_uwsgi_dbfix.held`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.pool import Pool, QueuePool
@@ -17,7 +18,7 @@ from .held import replace_held
 if TYPE_CHECKING:
     from .engines import ManagedEngine
 
-__all__ = ["drop", "forget_inherited", "is_empty"]
+__all__ = ["drop", "forget_inherited", "is_empty", "keep_pool", "settle_untouched"]
 
 _forgotten: list[Any] = []
 """DBAPI connections this process dropped on purpose. Kept referenced, never collected:
@@ -51,11 +52,27 @@ def forget_inherited(managed: ManagedEngine, pid: int) -> None:
             replace_held(engine, record, holder, stamps.origin(record))
         else:
             record.dbapi_connection = None
-    if _never_connected(engine.pool):
-        if managed.pid_guard:
-            managed.guard(empty=True, again=True)
-        return
-    engine.dispose(close=False)
+    keep_pool(managed)
+
+
+def keep_pool(managed: ManagedEngine) -> None:
+    """Keep the engine's pool if it holds nothing (its guard makes this process its home
+    on the first hand-out), else replace it with a new one (``dispose(close=False)``)."""
+    if not _never_connected(managed.engine.pool):
+        managed.engine.dispose(close=False)
+
+
+def settle_untouched(managed: Iterable[ManagedEngine]) -> None:
+    """In a child of a process where no managed engine ever connected: nothing to forget,
+    and the guards find out on their own that this is a new process. Only a lock another
+    thread held at fork time needs mending: ours (the caller's job), and a pool's, if a
+    parent thread was inside its first checkout. Kept to the bare minimum: every object a
+    worker touches is a page it stops sharing with the master."""
+    for m in managed:
+        engine = m.engine_ref()
+        locks = _compat.pool_locks(engine.pool) if engine is not None else None
+        if engine is not None and locks is not None and not _free(locks):
+            engine.dispose(close=False)
 
 
 def is_empty(pool: Pool) -> bool:
@@ -71,6 +88,15 @@ def is_empty(pool: Pool) -> bool:
         return False
 
 
+def _free(locks: tuple[Any, ...]) -> bool:
+    """No other thread holds any of ``locks`` (in a child: none was held at fork time)."""
+    for lock in locks:
+        if not lock.acquire(blocking=False):
+            return False
+        lock.release()
+    return True
+
+
 def _never_connected(pool: Pool) -> bool:
     """True if ``pool`` can be kept as the parent left it: a plain ``QueuePool`` holding no
     connection, none being opened, and none of its locks held by a parent thread at fork
@@ -78,15 +104,4 @@ def _never_connected(pool: Pool) -> bool:
     if type(pool) is not QueuePool:
         return False  # other pools keep connections elsewhere (per thread, one static)
     locks = _compat.pool_locks(pool)
-    if locks is None:
-        return False
-    taken = []
-    try:
-        for lock in locks:
-            if not lock.acquire(blocking=False):
-                return False
-            taken.append(lock)
-        return is_empty(pool)
-    finally:
-        for lock in reversed(taken):
-            lock.release()
+    return locks is not None and _free(locks) and is_empty(pool)

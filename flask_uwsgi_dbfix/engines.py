@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from . import _compat, forkwatch, stamps
 from .config import DBFixConfig
 from .guard import install_guard, is_guarded
 from .held import is_stand_in
+from .locks import renewed_if_held
 
 __all__ = [
     "DEFAULT_BIND_NAME",
@@ -72,7 +74,11 @@ class ManagedEngine:
         owner_pid: int,
         app: Flask | None = None,
     ) -> None:
-        self._engine = weakref.ref(engine)
+        key = id(engine)
+        # Leaves the registry with its engine; a plain dict rather than a WeakKeyDictionary
+        # because a forked child iterates it, and every line of Python it runs there
+        # (weakref.py's iteration guard) costs it pages it stops sharing with the master.
+        self.engine_ref = weakref.ref(engine, lambda _: _managed.pop(key, None))
         self.name = name
         """``"default"`` for Flask-SQLAlchemy's default bind, else the bind key or the
         ``register()`` name."""
@@ -84,13 +90,15 @@ class ManagedEngine:
         """The process that set it up (loaded the app): only that one closes it before a
         fork, and a record nobody stamped counts as opened there."""
         self._app = weakref.ref(app) if app is not None else None
-        self._records: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self._records: dict[weakref.ref[Any], None] = {}
+        """The records of this engine's connections, each leaving with its record: a plain
+        dict whose ``pop`` is the weakref callback costs no Python frame per connection
+        opened or closed (a WeakSet costs two), and needs no lock."""
         self._watch = forkwatch.watch()
 
     @property
     def engine(self) -> Engine:
-        engine = self._engine()
+        engine = self.engine_ref()
         if engine is None:  # all_engines() lists live ones only
             raise ReferenceError(f"engine {self.name!r} was garbage collected")
         return engine
@@ -126,11 +134,13 @@ class ManagedEngine:
             self.guard()
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
+        global _connected
+        _connected = True
         # Always: a record that reconnects (after an invalidation, or a drop in a child)
         # carries its previous connection's stamp.
         stamps.stamp(record, self._watch.pid())
-        with self._lock:
-            self._records.add(record)
+        records = self._records
+        records[weakref.ref(record, records.pop)] = None
         if self.config.pid_guard and not is_guarded(_compat.record_pool(record)):
             # engine.dispose() made a new pool: it holds nothing but, at most, the
             # connection being opened right now, in this process (any earlier one would
@@ -140,11 +150,12 @@ class ManagedEngine:
     def _adopt(self, pool: Pool) -> None:
         """Take over what ``pool`` holds already; a record nobody stamped was opened by
         the owner (a child that adopts an app's engine late knows it was not itself)."""
+        global _connected
         for record in _records_of(pool):
+            _connected = True
             if not stamps.is_stamped(record):
                 stamps.stamp(record, self.owner_pid, where=False)
-            with self._lock:
-                self._records.add(record)
+            self._records[weakref.ref(record, self._records.pop)] = None
 
     def guard(self, *, empty: bool = False, again: bool = False) -> None:
         """Install the pid guard on the engine's current pool (see :mod:`.guard`)."""
@@ -154,12 +165,14 @@ class ManagedEngine:
 
     def live_records(self) -> list[Any]:
         """Records with a live connection (a held one this child already replaced is not)."""
-        with self._lock:
-            records = list(self._records)
+        # A copy first: a record collected while we iterate would change the dict.
+        records = [r() for r in self._records.copy()]
         return [
             r
             for r in records
-            if r.dbapi_connection is not None and not is_stand_in(r.dbapi_connection)
+            if r is not None
+            and r.dbapi_connection is not None
+            and not is_stand_in(r.dbapi_connection)
         ]
 
     def open_connections(self) -> list[OpenedConnection]:
@@ -175,9 +188,6 @@ class ManagedEngine:
         if idle:
             self.engine.dispose()
         return idle
-
-    def reset_lock_in_child(self) -> None:
-        self._lock = threading.Lock()
 
 
 def _describe(record: Any, default_pid: int) -> OpenedConnection:
@@ -223,7 +233,8 @@ def is_process_local(engine: Engine) -> bool:
 # -- the registry ------------------------------------------------------------------------
 
 _lock = threading.RLock()
-_managed: weakref.WeakKeyDictionary[Engine, ManagedEngine] = weakref.WeakKeyDictionary()
+_managed: dict[int, ManagedEngine] = {}
+"""By ``id(engine)``; an entry leaves with its engine (see :class:`ManagedEngine`)."""
 _apps: weakref.WeakKeyDictionary[Flask, int] = weakref.WeakKeyDictionary()
 """Apps with ``FlaskDBFix``, and the process that set each up."""
 _pending = False
@@ -231,6 +242,19 @@ _pending = False
 yet (``FlaskDBFix`` before ``db.init_app``, Flask-SQLAlchemy 2.x's lazy engines)."""
 _pending_done = False
 """No app is pending any more; the listener goes at the next safe point."""
+_connected = False
+"""A managed engine has held a connection in this process or an ancestor of it. Until
+then a forked child has nothing to forget, and does next to nothing: every object it
+touches is a page it stops sharing with the master."""
+
+
+def anything_connected() -> bool:
+    return _connected
+
+
+def is_pending() -> bool:
+    """Some app's Flask-SQLAlchemy engines may still appear (see :func:`adopt_app_engines`)."""
+    return _pending
 
 
 def _manage(
@@ -239,10 +263,11 @@ def _manage(
     if is_process_local(engine):
         return None
     with _lock:
-        existing = _managed.get(engine)
+        existing = _lookup(engine)
         if existing is not None:
             return existing
-        managed = _managed[engine] = ManagedEngine(engine, name, source, config, owner_pid, app)
+        managed = ManagedEngine(engine, name, source, config, owner_pid, app)
+        _managed[id(engine)] = managed
     managed.start(engine)
     return managed
 
@@ -319,19 +344,24 @@ def _settle_pending() -> None:
 
 
 def is_managed(engine: Engine) -> bool:
-    return engine in _managed
+    return _lookup(engine) is not None
+
+
+def _lookup(engine: Engine) -> ManagedEngine | None:
+    managed = _managed.get(id(engine))
+    return managed if managed is not None and managed.engine_ref() is engine else None
 
 
 def open_connections(engine: Engine) -> list[OpenedConnection]:
     """A managed engine's live pooled connections; ``[]`` for an engine not managed."""
-    managed = _managed.get(engine)
+    managed = _lookup(engine)
     return managed.open_connections() if managed is not None else []
 
 
 def all_engines() -> list[ManagedEngine]:
     """Every live engine managed in this process, in the order they were managed."""
     with _lock:
-        return [m for m in _managed.values() if m._engine() is not None]
+        return [m for m in list(_managed.values()) if m.engine_ref() is not None]
 
 
 def app_engines(app: Flask) -> list[ManagedEngine]:
@@ -359,11 +389,15 @@ def unlock_after_fork() -> None:
     _lock.release()
 
 
+def managed_in_child() -> Iterable[ManagedEngine]:
+    """The registry itself, neither copied nor locked: for a forked child, whose only
+    thread runs the fork hook (an entry whose engine is gone may be in it)."""
+    return _managed.values()
+
+
 def reset_locks_in_child() -> None:
-    """In a fresh fork, replace the locks: one held by another thread of the parent at fork
-    time would never be released here. The child runs one thread at this point."""
+    """In a fresh fork, replace our locks that another thread of the parent held at fork
+    time: they would never be released here. The child runs one thread at this point."""
     global _lock
-    _lock = threading.RLock()
-    for managed in list(_managed.values()):
-        managed.reset_lock_in_child()
+    _lock = renewed_if_held(_lock, threading.RLock)
     stamps.reset_locks_in_child()

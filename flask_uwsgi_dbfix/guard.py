@@ -37,11 +37,17 @@ def install_guard(
 
     The current pid comes from :mod:`~flask_uwsgi_dbfix.forkwatch`, which notices every
     fork, hooked or not, without a system call. A record without a stamp counts as opened
-    by ``default_pid``. ``empty``: the pool held no connection when guarded, so while we
-    are still the process that guarded it (its *home*, known by its forkwatch generation:
-    pids are handed out again once a process exits) every record it hands out was opened
-    here and needs no look at its stamp. ``again``: guard a pool guarded before anew (a
-    child keeping an empty pool makes itself its home).
+    by ``default_pid``.
+
+    The fast path is the pool's *home*: a process in which the pool held nothing of
+    another process's, known by its forkwatch generation (pids are handed out again once
+    a process exits), so every record it hands out was opened here and needs no look at
+    its stamp. A pool that is empty when guarded has this process as its home; in a new
+    process the first hand-out looks once whether the pool is empty, and if so that
+    process becomes its home. So a worker's pool that inherited nothing takes the fast
+    path without the fork hook doing anything for it. ``empty``: the caller knows the pool
+    holds nothing of another process's (a pool made by ``dispose()`` while its first
+    connection is being opened). ``again``: guard anew.
     """
     hand_out = getattr(pool, _UNGUARDED_ATTR, None)
     if hand_out is not None and not again:
@@ -61,22 +67,23 @@ def install_guard(
                 drop(record)
             return record
 
-    elif empty or is_empty(pool):
-        home = watch.generation()
+    else:
+        home = watch.generation() if empty or is_empty(pool) else 0
+        looked = home  # the generation in which the pool was last looked at
 
         def guarded_do_get() -> ConnectionPoolEntry:
-            record = hand_out()
+            nonlocal home, looked
             if not page[0]:
                 refresh()
-            if cell[1] != home and getattr(record, PID_ATTR, started) != cell[0]:
-                drop(record)
-            return record
-
-    else:
-
-        def guarded_do_get() -> ConnectionPoolEntry:
+            if cell[1] == home:
+                return hand_out()
+            if looked != cell[1]:  # this process's first hand-out: is the pool empty?
+                looked = cell[1]
+                if is_empty(pool):
+                    home = looked
+                    return hand_out()
             record = hand_out()
-            if getattr(record, PID_ATTR, started) != (cell[0] if page[0] else refresh()):
+            if getattr(record, PID_ATTR, started) != cell[0]:
                 drop(record)
             return record
 

@@ -42,4 +42,5 @@ echo "setup: uv sync --locked (.venv with $("$PYTHON" --version))"
 # the drop-in breaks nothing (tests/test_dropin_flask_sqlalchemy.py). The version is the
 # locked one; the sdist is checked against the hash in uv.lock.
 .venv/bin/python scripts/fetch_sdist.py flask-sqlalchemy .thirdparty
+.venv/bin/python scripts/fetch_sdist.py sqlalchemy .thirdparty
 echo "setup: done; run tests with .venv/bin/python -m pytest"

@@ -250,25 +250,34 @@ def test_connection_checked_out_across_the_fork_is_never_used_by_the_child(
 
 
 def test_fork_while_another_thread_holds_the_extensions_locks_does_not_hang(
-    engine: Engine,
+    engine: Engine, connected_before: bool
 ) -> None:
     """A lock held by another thread at fork time is never released in the child; the
-    at-fork hook must not wait for it."""
+    at-fork hook must not wait for it, and the child must be able to use the package and
+    the engine afterwards."""
     register(engine, name="locked")
     (managed,) = [m for m in dbfix_engines.all_engines() if m.engine is engine]
-    with held_by_another_thread(dbfix_engines._lock, managed._lock, stamps._recorded_lock):
+    with held_by_another_thread(dbfix_engines._lock, stamps._recorded_lock):
         with warnings.catch_warnings():  # Python 3.12+ warns about forking with threads
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
-        if pid == 0:
-            os._exit(0)  # the at-fork hook has already run by now
+        if pid == 0:  # the at-fork hook has already run by now
+            status = 1
+            try:
+                dbfix_engines.all_engines()
+                backend(engine)  # connects: the engine's own lock and the stamps'
+                managed.open_connections()
+                status = 0
+            finally:
+                os._exit(status)
         deadline = time.monotonic() + 10
         while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         if done[0] == 0:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        assert done[0] == pid, "the child hung in the after-fork hook"
+        assert done[0] == pid, "the child hung in the after-fork hook or after it"
+        assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def _fork_with_warnings_off(fork: Callable[[], int], work: Callable[[], dict[str, Any]]) -> Any:
@@ -277,12 +286,25 @@ def _fork_with_warnings_off(fork: Callable[[], int], work: Callable[[], dict[str
         return in_child(work, fork)
 
 
+@pytest.fixture(params=["something-connected", "nothing-connected"])
+def connected_before(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Whether a managed engine of this process connected before the fork. When none did
+    (a worker of an app that touches no database at import), the child takes a short path
+    (forkhooks: each object it touches is memory it stops sharing): both must hold. Other
+    tests of this process have connected, so "nothing" is set, not reached."""
+    if request.param == "nothing-connected":
+        monkeypatch.setattr(dbfix_engines, "_connected", False)
+        return False
+    monkeypatch.setattr(dbfix_engines, "_connected", True)
+    return True
+
+
 def test_a_pool_that_never_connected_is_kept_and_the_child_still_gets_its_own(
-    engine: Engine,
+    engine: Engine, connected_before: bool
 ) -> None:
     """Nothing to drop: the child keeps the parent's empty pool (a new one per worker costs
-    memory), guards it as its own, and a fork of the child still gets a connection of its
-    own rather than the child's."""
+    memory), its guard makes the child its home, and a fork of the child still gets a
+    connection of its own rather than the child's."""
     register(engine, name="empty")
     parent_pool = id(engine.pool)
 
@@ -303,7 +325,7 @@ def test_a_pool_that_never_connected_is_kept_and_the_child_still_gets_its_own(
 
 @pytest.mark.parametrize("lock", ["_overflow_lock", "_pool.mutex"])
 def test_a_pool_whose_lock_a_parent_thread_held_at_fork_is_replaced(
-    engine: Engine, lock: str
+    engine: Engine, lock: str, connected_before: bool
 ) -> None:
     """A lock held by another thread at fork time stays held in the child for good: the
     child must not keep that pool, even though it holds no connection."""
