@@ -16,7 +16,8 @@ set itself up.
 
 Both runs use the installed SQLAlchemy, the one the package runs with: ``python -s``, since
 otherwise the sdist's ``test/conftest.py`` puts its own uncompiled ``lib/`` first on
-``sys.path``. A run takes about 30 s on a 2-core machine, mostly the pool tests' sleeps.
+``sys.path``. A run takes about 30 s on a 2-core machine, mostly the pool tests' sleeps;
+the plain run and the run with the package go side by side.
 """
 
 from __future__ import annotations
@@ -48,8 +49,14 @@ def sdist() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sdist unpacked once: both comparisons run the same files."""
+def suites(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The sdist unpacked twice, once for the plain runs and once for the runs with the
+    package: the two run at the same time (mostly the pool tests' sleeps), each in its own
+    copy, so neither can see the other's files."""
+    return _unpacked(tmp_path_factory), _unpacked(tmp_path_factory)
+
+
+def _unpacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
     archive_path = sdist()
     if archive_path is None:
         # Only the locked version is fetched; a matrix leg may run another one.
@@ -90,44 +97,73 @@ def classes_clearing_listeners(suite: Path) -> list[str]:
     return found
 
 
-def run_suite(
-    suite: Path, tmp_path: Path, deselect: list[str], dbfix: bool
-) -> tuple[dict[str, str], dict[str, int], subprocess.CompletedProcess[str]]:
-    """Outcome per test id, what the plugin registered (empty without it), the process."""
-    label = "dbfix" if dbfix else "plain"
-    junit, report = tmp_path / f"{label}.xml", tmp_path / f"{label}.json"
-    # Not PYTEST_ADDOPTS: options meant for our own run (CI adds a JUnit file) stay ours.
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
-    # ROOT: the flask_uwsgi_dbfix next to these tests (or, when it is absent, the installed one).
-    env["PYTHONPATH"] = os.pathsep.join([str(DROPIN), str(ROOT)])
-    args = [sys.executable, "-s", "-m", "pytest", SUITE, "-p", "no:cacheprovider"]
-    args += [f"--junitxml={junit}", *(f"--deselect={prefix}" for prefix in deselect)]
-    if dbfix:
-        env["DBFIX_DROPIN_REPORT"] = str(report)
-        args += ["-p", "sqlalchemy_dropin"]
-    run = subprocess.run(args, cwd=suite, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert junit.exists(), f"the {label} run did not start:\n{run.stdout[-4000:]}{run.stderr}"
-    outcomes = {}
-    for case in ET.parse(junit).iter("testcase"):
-        failed = case.find("failure") is not None or case.find("error") is not None
-        skipped = case.find("skipped") is not None
-        outcome = "failed" if failed else "skipped" if skipped else "passed"
-        outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
-    registered = json.loads(report.read_text()) if dbfix else {}
-    return outcomes, registered, run
+class SuiteRun:
+    """One run of the suite in the background: :meth:`result` waits for it."""
+
+    def __init__(self, suite: Path, tmp_path: Path, deselect: list[str], dbfix: bool) -> None:
+        self.label = "dbfix" if dbfix else "plain"
+        self.junit, self.report = tmp_path / f"{self.label}.xml", tmp_path / f"{self.label}.json"
+        self.dbfix = dbfix
+        # Not PYTEST_ADDOPTS: options meant for our own run (CI adds a JUnit file) stay ours.
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+        # ROOT: the flask_uwsgi_dbfix next to these tests (or, when absent, the installed one).
+        env["PYTHONPATH"] = os.pathsep.join([str(DROPIN), str(ROOT)])
+        args = [sys.executable, "-s", "-m", "pytest", SUITE, "-p", "no:cacheprovider"]
+        args += [f"--junitxml={self.junit}", *(f"--deselect={prefix}" for prefix in deselect)]
+        if dbfix:
+            env["DBFIX_DROPIN_REPORT"] = str(self.report)
+            args += ["-p", "sqlalchemy_dropin"]
+        self.log = tmp_path / f"{self.label}.log"
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                args, cwd=suite, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+            )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def result(self) -> tuple[dict[str, str], dict[str, int], int, str]:
+        """Outcome per test id, what the plugin registered (empty without it), the exit
+        status and the end of the output."""
+        try:
+            returncode = self.process.wait(timeout=TIMEOUT)
+        finally:
+            self.stop()
+        output = self.log.read_text()[-4000:]
+        assert self.junit.exists(), f"the {self.label} run did not start:\n{output}"
+        outcomes = {}
+        for case in ET.parse(self.junit).iter("testcase"):
+            failed = case.find("failure") is not None or case.find("error") is not None
+            skipped = case.find("skipped") is not None
+            outcome = "failed" if failed else "skipped" if skipped else "passed"
+            outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
+        registered = json.loads(self.report.read_text()) if self.dbfix else {}
+        return outcomes, registered, returncode, output
 
 
 @pytest.mark.parametrize("isolated", [False, True], ids=["whole", "without-listener-clearing"])
 def test_sqlalchemy_engine_suite_has_the_same_outcomes_with_every_engine_registered(
-    suite: Path, tmp_path: Path, isolated: bool
+    suites: tuple[Path, Path], tmp_path: Path, isolated: bool
 ) -> None:
-    deselect = classes_clearing_listeners(suite) if isolated else []
+    deselect = classes_clearing_listeners(suites[0]) if isolated else []
     assert deselect or not isolated, "no test class clears class-level listeners any more"
-    baseline, _, plain = run_suite(suite, tmp_path, deselect, dbfix=False)
+    plain_run = SuiteRun(suites[0], tmp_path, deselect, dbfix=False)
+    try:
+        dbfix_run = SuiteRun(suites[1], tmp_path, deselect, dbfix=True)
+    except BaseException:
+        plain_run.stop()
+        raise
+    try:
+        baseline, _, plain_status, _ = plain_run.result()
+        outcomes, registered, status, output = dbfix_run.result()
+    finally:  # never leave a run behind (an assertion, a time-out, Ctrl-C)
+        plain_run.stop()
+        dbfix_run.stop()
     assert len(baseline) > 500, f"the suite did not run: {len(baseline)} test cases"
     assert "passed" in baseline.values(), "not one of the suite's tests passed"
 
-    outcomes, registered, run = run_suite(suite, tmp_path, deselect, dbfix=True)
     assert outcomes.keys() == baseline.keys(), {
         "only without the package": sorted(baseline.keys() - outcomes.keys()),
         "only with it": sorted(outcomes.keys() - baseline.keys()),
@@ -142,7 +178,7 @@ def test_sqlalchemy_engine_suite_has_the_same_outcomes_with_every_engine_registe
     assert changed == {}, f"{len(changed)} test(s) of SQLAlchemy's own suite changed: {changed}"
     # What JUnit does not show: an error at session end (SQLAlchemy checks for leaked
     # connections there), or a warning raised after the last test.
-    if plain.returncode == 0:
-        assert run.returncode == 0, f"exit status {run.returncode}:\n{run.stdout[-4000:]}"
+    if plain_status == 0:
+        assert status == 0, f"exit status {status}:\n{output}"
     # The package was really there: the suite's own engines were registered with it.
     assert registered["engines"] > 50, registered
