@@ -73,6 +73,8 @@ TARGET_NS = {"QueuePool": 160}
 """The most ``register()`` may add per checkout of a pooled connection: the guard."""
 RECORDING_TARGET_NS = 1500
 """The most recording which code opened a connection may cost, per new connection."""
+_FINDS_ORIGIN = "_origin_above"
+"""The function of ``flask_uwsgi_dbfix.stamps`` that finds the opener's line."""
 NO_ORIGIN = "no origin"
 """A registered NullPool engine timed with the stack walk that finds the opener's line
 switched off: the difference to the registered one is what recording that line costs."""
@@ -143,7 +145,7 @@ def child_timing(variant: str, tmp: str, calls: int) -> dict[str, Any]:
     from importlib import import_module
 
     stamps = import_module(f"{PACKAGE}.stamps") if variant == "registered" else None
-    walk = getattr(stamps, "_walk", None)
+    walk = getattr(stamps, _FINDS_ORIGIN, None)
     size = max(1, calls // BLOCKS)
     loops = {name: engine.connect for name, engine in engines.items()}
     for connect in loops.values():  # warm-up; fills the QueuePool
@@ -157,13 +159,13 @@ def child_timing(variant: str, tmp: str, calls: int) -> dict[str, Any]:
         for name in names[b % len(names) :] + names[: b % len(names)]:
             connect = loops[name]
             if name.endswith(NO_ORIGIN):
-                stamps._walk = lambda frame: None  # type: ignore[union-attr]
+                setattr(stamps, _FINDS_ORIGIN, lambda depth: None)
             t0 = clock()
             for _ in range(size):
                 connect().close()
             blocks[name].append((clock() - t0) / size)
             if name.endswith(NO_ORIGIN):
-                stamps._walk = walk  # type: ignore[union-attr]
+                setattr(stamps, _FINDS_ORIGIN, walk)
     for engine in engines.values():
         engine.dispose()
     return {"ns_per_call": {n: min(v) for n, v in blocks.items()}, "blocks_ns": blocks}

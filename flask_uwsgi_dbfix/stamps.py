@@ -147,17 +147,64 @@ def _get_classifier() -> _Classifier:
 _Origin = tuple[_Frame, _Frame | None]  # the app's frame, and the library's when another
 
 
+_offsets: dict[int, int] = {}
+"""``id(code)`` of the frame a walk started from -> how many frames above it the app's frame
+was, when every frame before that one was a library's and the app called it directly."""
+
+
+def _origin_above(depth: int) -> _Origin | None:
+    """Where the code that called down to here (``depth`` frames up from the caller) is.
+
+    A full walk makes a frame object for every frame it passes, which is most of its cost.
+    The same call path gives the same distance from its first library frame to the app's
+    one, so that distance is remembered per starting frame's code, and the next time only
+    the two frames at the boundary are looked at (``sys._getframe(n)`` makes no frame
+    object for the frames it skips): an app frame whose callee is a library frame. Any
+    mismatch falls back to the full walk, which remembers the new distance.
+    """
+    depth += 1  # this function's own frame
+    start = sys._getframe(depth)
+    key = id(start.f_code)
+    offset = _offsets.get(key)
+    classifier = _classifier or _get_classifier()
+    if offset is not None:
+        try:
+            frame = sys._getframe(depth + offset)
+            callee = sys._getframe(depth + offset - 1)
+        except ValueError:  # a shorter stack than last time
+            pass
+        else:
+            code = frame.f_code
+            if (
+                callee.f_code.co_filename in classifier.library_files
+                and classifier.kinds.get(code.co_filename) == _APP
+            ):
+                return (code.co_filename, frame.f_lineno, code.co_name), None
+    found, offset = _walk_counting(start)
+    if offset is not None and len(_offsets) < 1024:
+        _offsets[key] = offset
+    return found
+
+
 def _walk(frame: FrameType | None) -> _Origin | None:
+    return _walk_counting(frame)[0]
+
+
+def _walk_counting(frame: FrameType | None) -> tuple[_Origin | None, int | None]:
+    """The origin, and how many frames above ``frame`` it was when the first frame that is
+    not a library's is the app's (else ``None``)."""
     classifier = _classifier or _get_classifier()
     kind_of = classifier.kinds.get
     # The hot path: SQLAlchemy's own frames between the connect event and the caller
     # (about a dozen; most of the cost is Python making a frame object for each).
     library_files = classifier.library_files
+    passed = 0
     try:
         while frame.f_code.co_filename in library_files:  # type: ignore[union-attr]
             frame = frame.f_back  # type: ignore[union-attr]  # None: AttributeError
+            passed += 1
     except AttributeError:
-        return None
+        return None, None
     library: _Frame | None = None
     while frame is not None:
         code = frame.f_code
@@ -169,9 +216,12 @@ def _walk(frame: FrameType | None) -> _Origin | None:
             if library is None:
                 library = here
             if kind == _APP:
-                return (here, None) if here == library else (here, library)
+                if here == library:  # the app called the library directly
+                    return (here, None), (passed if passed else None)
+                return (here, library), None
         frame = frame.f_back
-    return (library, None) if library is not None else None
+        passed += 1
+    return ((library, None) if library is not None else None), None
 
 
 def _location(raw: _Origin | None) -> CodeLocation | None:
@@ -189,18 +239,20 @@ def caller_location() -> CodeLocation | None:
 # -- the stamp -----------------------------------------------------------------------------
 
 
-_ABOVE_LISTENER = 4
-"""From :func:`stamp`, called by a pool ``connect`` listener: frame 1 is the listener, then
-come SQLAlchemy's event dispatch (one frame or more), ``_ConnectionRecord.__connect`` (the
-only place that fires the event) and its caller, SQLAlchemy too. Frames 2 and 3 are thus
-always SQLAlchemy's: the walk starts at 4 and saves their cost."""
+_ABOVE_LISTENER = 6
+"""Where the walk starts, counted from :func:`stamp`: frame 1 is the pool ``connect``
+listener that called it, then come SQLAlchemy's event dispatch (one frame or two),
+``_ConnectionRecord.__connect`` (the only place that fires the event), and the two frames
+that call it: ``_ConnectionRecord.__init__`` and the pool's ``_create_connection`` for a
+new record, or ``get_connection`` and ``checkout`` for a record that reconnects. Frames 2
+to 5 are thus SQLAlchemy's on every path; skipping them saves a third of the walk."""
 
 
 def stamp(record: Any, pid: int, *, where: bool = True) -> None:
     """Stamp ``record`` as opened by ``pid``; ``where``: and by the code on the stack now
     (``False`` when that code is not the opener: a record adopted after the fact)."""
     setattr(record, PID_ATTR, pid)
-    setattr(record, _ORIGIN_ATTR, _walk(sys._getframe(_ABOVE_LISTENER)) if where else None)
+    setattr(record, _ORIGIN_ATTR, _origin_above(_ABOVE_LISTENER) if where else None)
 
 
 def is_stamped(record: Any) -> bool:
@@ -228,7 +280,7 @@ _resets_after_fork = False
 
 def _stamp_any(dbapi_connection: Any, record: Any) -> None:
     setattr(record, PID_ATTR, os.getpid())
-    setattr(record, _ORIGIN_ATTR, _walk(sys._getframe(1)))
+    setattr(record, _ORIGIN_ATTR, _origin_above(_ABOVE_LISTENER - 1))  # we listen
     with _recorded_lock:
         _recorded.add(record)
 
