@@ -40,6 +40,7 @@ _SLOW_MODULES = frozenset(
         "test_demo.py",
         "test_dropin_flask_sqlalchemy.py",
         "test_dropin_sqlalchemy.py",
+        "test_harness.py",
         "test_import_cost_benchmark.py",
         "test_quality.py",
     }
