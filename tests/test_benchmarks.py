@@ -14,12 +14,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``python -m benchmarks ARGS`` from the repository root. If the test is interrupted or
-    times out, the benchmark gets SIGTERM (it then stops the PostgreSQL and uWSGI it
-    started; a SIGKILL, what subprocess.run sends, would leave them running)."""
+def bench(
+    *args: str, module: str = "benchmarks", timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` from the repository root. If the test is interrupted or
+    times out, the benchmark gets SIGTERM (it then stops the servers and interpreters it
+    started and removes its files; a SIGKILL, what subprocess.run sends, would leave them)."""
     with subprocess.Popen(
-        [sys.executable, "-m", "benchmarks", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
