@@ -157,9 +157,9 @@ class ManagedEngine:
                 stamps.stamp(record, self.owner_pid, where=False)
             self._records[weakref.ref(record, self._records.pop)] = None
 
-    def guard(self, *, empty: bool = False, again: bool = False) -> None:
+    def guard(self, *, empty: bool = False) -> None:
         """Install the pid guard on the engine's current pool (see :mod:`.guard`)."""
-        install_guard(self.engine.pool, self.owner_pid, empty=empty, again=again)
+        install_guard(self.engine.pool, self.owner_pid, empty=empty)
 
     # -- reading --------------------------------------------------------------------------
 

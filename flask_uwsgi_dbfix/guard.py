@@ -30,9 +30,7 @@ def is_guarded(pool: object) -> bool:
     return getattr(pool, _UNGUARDED_ATTR, None) is not None
 
 
-def install_guard(
-    pool: Pool, default_pid: int, *, empty: bool = False, again: bool = False
-) -> None:
+def install_guard(pool: Pool, default_pid: int, *, empty: bool = False) -> None:
     """Make ``pool`` forget, without closing, any connection another process opened.
 
     The current pid comes from :mod:`~flask_uwsgi_dbfix.forkwatch`, which notices every
@@ -47,12 +45,11 @@ def install_guard(
     process becomes its home. So a worker's pool that inherited nothing takes the fast
     path without the fork hook doing anything for it. ``empty``: the caller knows the pool
     holds nothing of another process's (a pool made by ``dispose()`` while its first
-    connection is being opened). ``again``: guard anew.
+    connection is being opened). A pool is guarded once.
     """
-    hand_out = getattr(pool, _UNGUARDED_ATTR, None)
-    if hand_out is not None and not again:
+    if is_guarded(pool):
         return
-    hand_out = hand_out or _compat.hand_out(pool)
+    hand_out = _compat.hand_out(pool)
     watch = forkwatch.watch()
     page, cell, refresh = watch.page, watch.cell, watch.refresh
     started = default_pid
