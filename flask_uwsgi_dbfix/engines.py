@@ -293,6 +293,10 @@ def add_app(app: Flask, config: DBFixConfig) -> None:
     with _lock:
         _apps[app] = os.getpid()
     _settle_pending()
+    # Flask-SQLAlchemy 2.x makes an app's engines on first use: make them now (that opens no
+    # connection), so they are managed from the start and no listener on every pool has to
+    # wait for them. (An engine 2.x makes again later, after its URI was changed, is not.)
+    _compat.create_flask_sqlalchemy_engines(app)
     adopt_app_engines()
 
 
