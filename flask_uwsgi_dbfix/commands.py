@@ -70,14 +70,21 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
     Exit status: 0 nothing to fix, 1 errors (or warnings with --strict), 2 bad input.
     """
     ctx = click.get_current_context()
-    if not hasattr(os, "fork"):
-        message = "this platform cannot fork: no worker can inherit a connection"
-        click.echo(json.dumps({"can_fork": False, "message": message}) if as_json else message)
-        ctx.exit(0)
-
     from .check import build_report, exit_code
-    from .check.output import render_human, report_to_json
-    from .check.uwsgi_ini import IniError
+    from .check.output import SCHEMA_VERSION, render_human, report_to_json
+    from .check.uwsgi_ini import IniError, read_ini
+
+    if not hasattr(os, "fork"):
+        try:  # a named ini is still read: a bad one is bad input anywhere
+            if ini_path is not None:
+                read_ini(ini_path)
+        except IniError as exc:
+            raise BadInput(str(exc)) from None
+        message = "this platform cannot fork: no worker can inherit a connection"
+        verdict = {"status": "pass", "exit_code": 0, "strict": strict}
+        nothing = {"schema_version": SCHEMA_VERSION, "can_fork": False, "message": message}
+        click.echo(json.dumps(nothing | {"verdict": verdict}) if as_json else message)
+        ctx.exit(0)
 
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     info = ctx.find_object(ScriptInfo)

@@ -50,7 +50,8 @@ _Frame = tuple[str, int, str]  # filename, line, function
 
 UNKNOWN_ORIGIN = (
     "an unknown place (opened before flask-uwsgi-dbfix was switched on for this engine; "
-    "call FlaskDBFix(app) or register(engine) before the app opens connections to see where)"
+    "`flask dbfix check` names the line, and so does calling FlaskDBFix(app) or "
+    "register(engine) before the app opens connections)"
 )
 """How every output names the opener of a connection nobody recorded."""
 
@@ -99,8 +100,13 @@ def _library_prefixes() -> tuple[str, ...]:
 
 
 def _stdlib_prefixes() -> tuple[str, ...]:
+    """The standard library, and the directory of console scripts (``flask``, an app's own
+    FlaskGroup command): a launcher is never the code a user looks for."""
+    paths = sysconfig.get_paths()
     found = {os.path.dirname(os.path.realpath(os.__file__))}
-    found.add(os.path.realpath(sysconfig.get_paths()["stdlib"]))
+    found.add(os.path.realpath(paths["stdlib"]))
+    found.add(os.path.realpath(paths["scripts"]))
+    found.add(os.path.dirname(os.path.realpath(sys.executable)))
     return tuple(d + os.sep for d in found)
 
 

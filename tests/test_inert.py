@@ -187,13 +187,17 @@ def test_no_fork_no_harm(tmp_path: Path) -> None:
         with app.app_context():
             db.session.execute(sa.text("SELECT 1"))
             listeners = ours(db.engine.pool) + ours(engine.pool)
-        result = app.test_cli_runner().invoke(args=["dbfix", "check"])
+        runner = app.test_cli_runner()
+        result = runner.invoke(args=["dbfix", "check"])
+        as_json = json.loads(runner.invoke(args=["dbfix", "check", "--json"]).output)
+        missing = runner.invoke(args=["dbfix", "check", "--ini", "missing.ini"])
         try:
             assert_fork_safe(app)
             helper = "passed"
         except RuntimeError as exc:
             helper = str(exc)
-        report(listeners=listeners, check=[result.exit_code, result.output], helper=helper)
+        report(listeners=listeners, check=[result.exit_code, result.output], helper=helper,
+               as_json=as_json, missing=[missing.exit_code, missing.output])
         """
         ),
         tmp_path,
@@ -203,6 +207,9 @@ def test_no_fork_no_harm(tmp_path: Path) -> None:
     said = [line for line in seen["stderr"].splitlines() if "nothing to protect" in line]
     assert len(said) == 1 and said[0].startswith("INFO flask_uwsgi_dbfix "), seen["stderr"]
     assert seen["check"] == [0, "this platform cannot fork: no worker can inherit a connection\n"]
+    assert seen["as_json"]["schema_version"] == 1 and seen["as_json"]["can_fork"] is False
+    assert seen["as_json"]["verdict"]["exit_code"] == 0
+    assert seen["missing"][0] == 2 and "missing.ini" in seen["missing"][1]  # bad input anywhere
     assert "needs os.fork()" in seen["helper"]
 
 

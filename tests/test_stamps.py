@@ -6,6 +6,8 @@ SQLite files: this is about the stack at connect time, not about the fork or the
 
 from __future__ import annotations
 
+import os
+import sysconfig
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,3 +136,12 @@ def test_an_unrecorded_connection_keeps_no_origin(engine: Engine) -> None:
     assert stamps.origin(record) is None
     assert stamps.opener_pid(record, 0) == 1
     conn.close()
+
+
+def test_a_console_script_is_not_the_apps_code() -> None:
+    """``flask`` (or an app's own FlaskGroup command) launched the process: its frame is a
+    launcher's, never the line a user is looking for."""
+    launcher = os.path.join(sysconfig.get_paths()["scripts"], "flask")
+    classifier = stamps._get_classifier()
+    assert classifier.classify(launcher) != stamps._APP
+    assert classifier.classify(HERE) == stamps._APP
