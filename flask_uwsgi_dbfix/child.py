@@ -18,7 +18,7 @@ from .held import replace_held
 if TYPE_CHECKING:
     from .engines import ManagedEngine
 
-__all__ = ["drop", "forget_inherited", "is_empty", "keep_pool", "settle_untouched"]
+__all__ = ["drop", "forget_inherited", "is_empty", "settle_untouched"]
 
 _forgotten: list[Any] = []
 """DBAPI connections this process dropped on purpose. Kept referenced, never collected:
@@ -46,12 +46,12 @@ def forget_inherited(managed: ManagedEngine, pid: int) -> None:
     for record in managed.live_records():
         if stamps.opener_pid(record, managed.owner_pid) == pid:
             continue
-        keep_forgotten(record.dbapi_connection)
         holder = _compat.holder(record)
         if holder is not None:
+            keep_forgotten(record.dbapi_connection)
             replace_held(engine, record, holder, stamps.origin(record))
         else:
-            record.dbapi_connection = None
+            drop(record)
     keep_pool(managed)
 
 

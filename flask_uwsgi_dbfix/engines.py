@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "app_engines",
     "is_managed",
     "is_process_local",
+    "named_binds",
     "open_connections",
     "pool_connections",
     "register",
@@ -239,7 +240,7 @@ _apps: weakref.WeakKeyDictionary[Flask, int] = weakref.WeakKeyDictionary()
 """Apps with ``FlaskDBFix``, and the process that set each up."""
 _pending = False
 """A ``first_connect`` listener on every pool is in place: some app's engines do not exist
-yet (``FlaskDBFix`` before ``db.init_app``, Flask-SQLAlchemy 2.x's lazy engines)."""
+yet (``FlaskDBFix`` before ``db.init_app``)."""
 _pending_done = False
 """No app is pending any more; the listener goes at the next safe point."""
 _connected = False
@@ -288,8 +289,9 @@ def register(engine: Engine, name: str, config: DBFixConfig) -> ManagedEngine | 
     return _manage(engine, name, "register", config, os.getpid())
 
 
-def add_app(app: Flask, config: DBFixConfig) -> None:
-    """Manage every engine of ``app``, now or as soon as Flask-SQLAlchemy creates them."""
+def add_app(app: Flask) -> None:
+    """Manage every engine of ``app``, now or as soon as Flask-SQLAlchemy creates them,
+    with the settings in its ``app.extensions["dbfix"]``."""
     with _lock:
         _apps[app] = os.getpid()
     _settle_pending()
@@ -298,6 +300,13 @@ def add_app(app: Flask, config: DBFixConfig) -> None:
     # wait for them. (An engine 2.x makes again later, after its URI was changed, is not.)
     _compat.create_flask_sqlalchemy_engines(app)
     adopt_app_engines()
+
+
+def named_binds(engines: Mapping[str | None, Engine]) -> list[tuple[str, Engine]]:
+    """Flask-SQLAlchemy's engines by bind key, named as every output names them: the
+    default bind first (``"default"``), then the others by key, a stable order for humans."""
+    keys = sorted(engines, key=lambda k: (k is not None, k or ""))
+    return [(DEFAULT_BIND_NAME if key is None else key, engines[key]) for key in keys]
 
 
 def adopt_app_engines() -> None:
@@ -312,12 +321,9 @@ def adopt_app_engines() -> None:
         if not isinstance(config, DBFixConfig):
             continue
         engines = _compat.flask_sqlalchemy_engines(app)
-        # The default bind first, then the others by name: a stable order for humans.
-        for key in sorted(engines, key=lambda k: (k is not None, k or "")):
-            engine = engines[key]
+        for name, engine in named_binds(engines):
             # A test suite may have mocked engine creation: leave what is not an Engine.
             if isinstance(engine, Engine):
-                name = DEFAULT_BIND_NAME if key is None else key
                 _manage(engine, name, "flask-sqlalchemy", config, owner_pid, app)
         binds = _compat.flask_sqlalchemy_binds(app)
         # Flask-SQLAlchemy imported but not set up on the app yet, or a bind not made yet.

@@ -94,7 +94,7 @@ class FlaskDBFix:
         app.extensions[EXTENSION_NAME] = DBFixState(config)
         app.cli.add_command(dbfix_cli)
         if config.enabled and _platform_forks():
-            engines.add_app(app, config)
+            engines.add_app(app)
             forkhooks.install()
 
     register = staticmethod(register)  # FlaskDBFix.register(engine): the same function

@@ -96,16 +96,15 @@ def forget_inherited_connections() -> list[InheritedConnections]:
     Never closes, pings or writes to them: that is the parent's socket. Returns what was
     inherited, for the warning.
     """
+    engines.reset_locks_in_child()
     if not engines.anything_connected():
         # The worker of an app that touched no database before the fork: nothing to read,
         # nothing to drop, and the guards learn on their own that this is a new process.
         # Do as little as possible: each object touched here is a page of memory this
         # worker stops sharing with the master. Engines Flask-SQLAlchemy makes later are
         # adopted by the first_connect listener.
-        engines.reset_locks_in_child()
         child.settle_untouched(engines.managed_in_child())
         return []
-    engines.reset_locks_in_child()
     if engines.is_pending():
         engines.adopt_app_engines()
     managed = engines.all_engines()

@@ -272,8 +272,7 @@ def _targets(app: Flask, live: list[Engine], records: list[ConnectionRecord]) ->
     disabled = state is not None and not state.config.enabled
     binds = _compat.flask_sqlalchemy_engines(app)
     named: list[tuple[str, Engine, str]] = [
-        (engines.DEFAULT_BIND_NAME if key is None else key, binds[key], "flask-sqlalchemy")
-        for key in sorted(binds, key=lambda k: (k is not None, k or ""))
+        (name, engine, "flask-sqlalchemy") for name, engine in engines.named_binds(binds)
     ]
     named += [(m.name, m.engine, m.source) for m in engines.app_engines(app)]
     named += [
