@@ -38,6 +38,7 @@ __all__ = [
     "record_pool",
     "replace_hand_out",
     "require_dispose_close",
+    "watch_engine_creation",
 ]
 
 _HAND_OUT = "_do_get"
@@ -55,6 +56,36 @@ def require_dispose_close() -> None:
             f"flask-uwsgi-dbfix needs SQLAlchemy >= 1.4.33 (for engine.dispose(close=False)); "
             f"this is SQLAlchemy {sqlalchemy.__version__}. Upgrade SQLAlchemy."
         )
+
+
+def watch_engine_creation(callback: Callable[[Engine], None]) -> Callable[[], None]:
+    """Call ``callback`` with every engine ``create_engine()`` makes from now on (including
+    ``engine_from_config``, Flask-SQLAlchemy's and an ``AsyncEngine``'s sync engine);
+    returns the undo.
+
+    ``create_engine()`` ends with ``dialect_cls.engine_created(engine)``, a no-op classmethod
+    of ``Dialect`` that no dialect in SQLAlchemy overrides: wrapping it there is the one
+    place every engine passes, at no cost per connection or checkout. Only the
+    process-wide mode calls this (the user asked for every engine of the process).
+    """
+    from sqlalchemy.engine.interfaces import Dialect
+
+    previous = Dialect.__dict__["engine_created"]
+
+    def engine_created(cls: type[Dialect], engine: Engine) -> None:
+        try:
+            callback(engine)
+        finally:
+            previous.__func__(cls, engine)
+
+    ours = classmethod(engine_created)
+    Dialect.engine_created = ours  # type: ignore[method-assign,assignment]
+
+    def undo() -> None:
+        if Dialect.__dict__.get("engine_created") is ours:  # nobody wrapped it after us
+            Dialect.engine_created = previous  # type: ignore[method-assign]
+
+    return undo
 
 
 def hand_out(pool: Pool) -> Callable[[], ConnectionPoolEntry]:

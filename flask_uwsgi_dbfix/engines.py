@@ -1,7 +1,8 @@
 """The engines this package keeps fork-safe: one :class:`ManagedEngine` per engine.
 
-An engine becomes managed when the user asks: ``register(engine)``, or ``FlaskDBFix``
-for every Flask-SQLAlchemy bind of an app. Managing it adds a ``connect`` listener on that
+An engine becomes managed when the user asks: ``register(engine)``, ``FlaskDBFix`` for
+every Flask-SQLAlchemy bind of an app, or the process-wide mode for every engine made in
+the process (:mod:`~flask_uwsgi_dbfix.process_wide`). Managing it adds a ``connect`` listener on that
 engine alone (it stamps each new connection, :mod:`~flask_uwsgi_dbfix.stamps`), adopts the
 connections its pool holds already, and installs the pid guard. Nothing else in the
 process is touched. Apps and engines are held weakly: a test suite that builds an app per
@@ -18,9 +19,8 @@ import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
@@ -31,8 +31,12 @@ from .guard import install_guard, is_guarded
 from .held import is_stand_in
 from .locks import renewed_if_held
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 __all__ = [
     "DEFAULT_BIND_NAME",
+    "PROCESS_WIDE",
     "ManagedEngine",
     "OpenedConnection",
     "add_app",
@@ -40,6 +44,7 @@ __all__ = [
     "app_engines",
     "is_managed",
     "is_process_local",
+    "manage_process_wide",
     "named_binds",
     "open_connections",
     "pool_connections",
@@ -48,6 +53,8 @@ __all__ = [
 ]
 
 DEFAULT_BIND_NAME = "default"
+PROCESS_WIDE = "process-wide"
+"""The source, and the default name, of an engine managed by the process-wide mode."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ class ManagedEngine:
         """``"default"`` for Flask-SQLAlchemy's default bind, else the bind key or the
         ``register()`` name."""
         self.source = source
-        """``"flask-sqlalchemy"`` or ``"register"``."""
+        """``"flask-sqlalchemy"``, ``"register"`` or ``"process-wide"``."""
         self.config = config
         """The app's settings, or those given to ``register()``."""
         self.owner_pid = owner_pid
@@ -266,6 +273,11 @@ def _manage(
     with _lock:
         existing = _lookup(engine)
         if existing is not None:
+            if existing.source == PROCESS_WIDE and source != PROCESS_WIDE:
+                # The process-wide mode got there first; what the user named explicitly
+                # names it and sets it up from now on (its listener and guard stay).
+                existing.name, existing.source, existing.config = name, source, config
+                existing._app = weakref.ref(app) if app is not None else None
             return existing
         managed = ManagedEngine(engine, name, source, config, owner_pid, app)
         _managed[id(engine)] = managed
@@ -287,6 +299,15 @@ def register(engine: Engine, name: str, config: DBFixConfig) -> ManagedEngine | 
     require_engine(engine)
     _settle_pending()
     return _manage(engine, name, "register", config, os.getpid())
+
+
+def manage_process_wide(engine: Engine) -> ManagedEngine | None:
+    """Manage an engine the process-wide mode found, with the default settings, named
+    by its ``logging_name`` when it has one."""
+    if not isinstance(engine, Engine):
+        return None
+    name = getattr(engine, "logging_name", None) or PROCESS_WIDE
+    return _manage(engine, str(name), PROCESS_WIDE, DBFixConfig(), os.getpid())
 
 
 def add_app(app: Flask) -> None:
@@ -376,11 +397,11 @@ def all_engines() -> list[ManagedEngine]:
 
 def app_engines(app: Flask) -> list[ManagedEngine]:
     """Every engine managed for ``app`` (all binds, default first), plus the
-    ``register()``-ed ones."""
+    ``register()``-ed ones and those of the process-wide mode."""
     managed = all_engines()
     own = [m for m in managed if m.app is app]
     own.sort(key=lambda m: (m.name != DEFAULT_BIND_NAME, m.name))
-    return own + [m for m in managed if m.source == "register"]
+    return own + [m for m in managed if m.app is None and m.source != "flask-sqlalchemy"]
 
 
 def owner_of(app: Flask) -> int | None:

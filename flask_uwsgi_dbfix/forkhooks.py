@@ -79,6 +79,8 @@ class _Hooks:
     parent_warned: bool = False
     reported_by_parent: bool = False
     """Set by the before-fork hook; the child reads its copy: the parent spoke for it."""
+    forked: bool = False
+    """This process is a forked child: too late to hook uWSGI's forks."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -137,6 +139,7 @@ def on_uwsgi_postfork() -> None:
 
 
 def _after_fork_in_child() -> None:
+    _hooks.forked = True
     try:
         found = forget_inherited_connections()
     except Exception:
@@ -229,6 +232,10 @@ def install() -> bool:
         if not _hooks.installed:
             _hooks.installed = True
             os.register_at_fork(before=before_fork, after_in_child=_after_fork_in_child)
+            _hooks.uwsgi_hook = _install_uwsgi_hook()
+        elif _hooks.uwsgi_hook == "not under uWSGI" and not _hooks.forked:
+            # Installed before uWSGI's module existed (dbfix-run starts the mode in the
+            # interpreter uWSGI then takes over): try again, still before any fork.
             _hooks.uwsgi_hook = _install_uwsgi_hook()
     return True
 

@@ -4,6 +4,7 @@ the workers from it, the same inheritance as uWSGI's default (non-lazy) mode."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +43,14 @@ def start_gunicorn(
     cwd: Path | None = None,
     ready_path: str = "/ping",
     timeout: float = 60,
+    program: Sequence[str] | None = None,
 ) -> GunicornServer:
     """``gunicorn ARGS -w WORKERS -b 127.0.0.1:PORT APP``; ready when every worker booted and
-    ``ready_path`` answers 200 (it must not touch the database)."""
+    ``ready_path`` answers 200 (it must not touch the database). ``program``: the command
+    instead of this environment's ``gunicorn`` (e.g. ``dbfix-run gunicorn``)."""
     port = free_port()
     cmd = [
-        venv_command("gunicorn"),
+        *(program or [venv_command("gunicorn")]),
         *args,
         "--workers", str(workers),
         "--bind", f"127.0.0.1:{port}",

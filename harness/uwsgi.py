@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,14 +139,16 @@ def start_uwsgi(
     ready_path: str = "/ping",
     timeout: float = 60,
     log_dir: Path | None = None,
+    program: Sequence[str] | None = None,
 ) -> UwsgiServer:
     """Start uWSGI and wait until ``processes`` workers spawned and ``ready_path`` answers 200.
 
-    ``env`` is merged over os.environ. ``ready_path`` must not touch the database: tests rely
+    ``program``: the command before ``args`` (e.g. ``dbfix-run uwsgi``, or another
+    environment's ``uwsgi``); default :func:`uwsgi_command`. ``env`` is merged over os.environ. ``ready_path`` must not touch the database: tests rely
     on each worker's first query being their own.
     """
     port = _http_socket_port(args)
-    cmd = [uwsgi_command(), *args]
+    cmd = [*(program or [uwsgi_command()]), *args]
     if port is None:
         port = _free_port()
         cmd += ["--http-socket", f"127.0.0.1:{port}"]

@@ -1,0 +1,121 @@
+"""The process-wide mode: every SQLAlchemy engine of this process, however it is made, gets
+what ``register(engine)`` gives, without a line of the app's code changed.
+
+For apps you cannot edit. It is switched on by importing :mod:`flask_uwsgi_dbfix.auto`
+(uWSGI: ``import = flask_uwsgi_dbfix.auto``) or by starting the server under ``dbfix-run``
+(:mod:`~flask_uwsgi_dbfix.run`), before the app is imported, so the connections the app
+opens while it loads are named. ``FLASK_UWSGI_DBFIX=off`` in the environment keeps it off
+for one process. Nothing here runs at import of the package.
+
+Engines made from then on are found where ``create_engine()`` announces them
+(:func:`~flask_uwsgi_dbfix._compat.watch_engine_creation`): no listener on every pool, no
+cost per connection beyond a registered engine's. Engines made before it was switched on
+are found once, among live objects, if SQLAlchemy was imported already.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping
+
+from .config import _FALSE, _TRUE
+
+__all__ = ["ENV_VAR", "SwitchError", "is_on", "requested", "switch_off", "switch_on"]
+
+ENV_VAR = "FLASK_UWSGI_DBFIX"
+"""``on`` (what ``dbfix-run`` sets) or ``off`` (keeps the mode off in this process)."""
+ACCEPTED = "on, off (or 1/0, true/false, yes/no)"
+
+logger = logging.getLogger("flask_uwsgi_dbfix")
+
+
+class SwitchError(ValueError):
+    """``FLASK_UWSGI_DBFIX`` holds a value that is neither on nor off."""
+
+
+def requested(environ: Mapping[str, str] = os.environ, *, default: bool = True) -> bool:
+    """What ``FLASK_UWSGI_DBFIX`` asks for; ``default`` when unset or empty. Raises
+    :class:`SwitchError`, naming the accepted values, for anything else: a misspelt off
+    switch must not leave the mode on, nor a misspelt on switch leave it off, in silence."""
+    raw = environ.get(ENV_VAR, "")
+    word = raw.strip().lower()
+    if not word:
+        return default
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise SwitchError(f"{ENV_VAR}={raw!r} is not a value flask-uwsgi-dbfix knows: use {ACCEPTED}")
+
+
+class _State:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.undo: Callable[[], None] | None = None
+
+
+_state = _State()
+
+
+def is_on() -> bool:
+    """Whether the process-wide mode is on in this process."""
+    return _state.undo is not None
+
+
+def switch_on() -> bool:
+    """Switch the mode on (once: a second call does nothing). False where it cannot be on:
+    no ``os.fork`` (nothing can be inherited) or no SQLAlchemy installed."""
+    from .forkhooks import can_fork
+
+    if not can_fork():
+        return False
+    had_sqlalchemy = "sqlalchemy" in sys.modules
+    try:
+        from . import _compat, engines, forkhooks
+    except ImportError as exc:  # no SQLAlchemy in this environment: nothing to protect
+        logger.info("flask-uwsgi-dbfix: process-wide mode not switched on: %s", exc)
+        return False
+    with _state.lock:
+        if _state.undo is not None:
+            return True
+        _compat.require_dispose_close()
+        _state.undo = _compat.watch_engine_creation(_on_engine_created)
+    if had_sqlalchemy:
+        _adopt_existing(engines.manage_process_wide)
+    forkhooks.install()
+    logger.debug("flask-uwsgi-dbfix: process-wide mode on in %d", os.getpid())
+    return True
+
+
+def switch_off() -> None:
+    """Stop finding new engines (for tests); engines already managed stay managed."""
+    with _state.lock:
+        undo, _state.undo = _state.undo, None
+    if undo is not None:
+        undo()
+
+
+def _on_engine_created(engine: object) -> None:
+    """Never raises: ``create_engine()`` of the app must not fail because of us."""
+    try:
+        from . import engines, forkhooks
+
+        engines.manage_process_wide(engine)  # type: ignore[arg-type]
+        # Started under dbfix-run, the mode came up before uWSGI's own module existed: the
+        # uWSGI hook is installed now that the app is being loaded inside uWSGI.
+        forkhooks.install()
+    except Exception:
+        logger.exception("flask-uwsgi-dbfix: could not manage a new engine")
+
+
+def _adopt_existing(manage: Callable[[object], object]) -> None:
+    """Engines made before the mode was on: one walk over live objects, once."""
+    from sqlalchemy.engine import Engine
+
+    for obj in gc.get_objects():
+        if type(obj) is Engine:  # not OptionEngine: it shares its parent's pool
+            manage(obj)
