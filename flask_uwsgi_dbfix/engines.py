@@ -2,9 +2,10 @@
 
 An engine becomes managed when the user asks: ``register(engine)``, ``FlaskDBFix`` for
 every Flask-SQLAlchemy bind of an app, or the process-wide mode for every engine made in
-the process (:mod:`~flask_uwsgi_dbfix.process_wide`). Managing it adds a ``connect`` listener on that
-engine alone (it stamps each new connection, :mod:`~flask_uwsgi_dbfix.stamps`), adopts the
-connections its pool holds already, and installs the pid guard. Nothing else in the
+the process (:mod:`~flask_uwsgi_dbfix.process_wide`). Managing it adds a ``connect``
+listener on that engine alone (it stamps each new connection,
+:mod:`~flask_uwsgi_dbfix.stamps`), adopts the connections its pool holds already, and
+installs the pid guard. Nothing else in the
 process is touched. Apps and engines are held weakly: a test suite that builds an app per
 test must not leak them through us. Reading (:func:`all_engines`, :func:`app_engines`)
 changes nothing.

@@ -21,6 +21,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 from .config import _FALSE, _TRUE
 
@@ -112,7 +116,7 @@ def _on_engine_created(engine: object) -> None:
         logger.exception("flask-uwsgi-dbfix: could not manage a new engine")
 
 
-def _adopt_existing(manage: Callable[[object], object]) -> None:
+def _adopt_existing(manage: Callable[[Engine], object]) -> None:
     """Engines made before the mode was on: one walk over live objects, once."""
     from sqlalchemy.engine import Engine
 

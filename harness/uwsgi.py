@@ -144,7 +144,8 @@ def start_uwsgi(
     """Start uWSGI and wait until ``processes`` workers spawned and ``ready_path`` answers 200.
 
     ``program``: the command before ``args`` (e.g. ``dbfix-run uwsgi``, or another
-    environment's ``uwsgi``); default :func:`uwsgi_command`. ``env`` is merged over os.environ. ``ready_path`` must not touch the database: tests rely
+    environment's ``uwsgi``); default :func:`uwsgi_command`. ``env`` is merged over
+    os.environ. ``ready_path`` must not touch the database: tests rely
     on each worker's first query being their own.
     """
     port = _http_socket_port(args)
