@@ -47,6 +47,7 @@ FORK_TESTS = [
     "tests/test_extension.py",
     "tests/test_prefork_warning.py",
     "tests/test_inert.py",
+    "tests/test_process_wide.py",
 ]
 # The versions of these lines in uv.lock (SQLAlchemy 2.0 for Python 3.10 and for the 2.0 legs).
 LOCKED_SQLALCHEMY = {"2.0": "2.0.58", "2.1": "2.1.9"}

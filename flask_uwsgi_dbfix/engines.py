@@ -192,6 +192,10 @@ class ManagedEngine:
         """In the process that opened them: close the idle pooled connections
         (``engine.dispose()``). Returns what was closed; a checked-out connection is left
         alone (nothing can close it under its holder)."""
+        if getattr(self.engine.dialect, "is_async", False):
+            # An AsyncEngine's connections close only inside its event loop, which a fork
+            # hook is not in: they stay open here, and each child drops its copy.
+            return []
         pid = os.getpid()
         idle = [c for c in self.open_connections() if not c.checked_out and c.pid == pid]
         if idle:
@@ -303,12 +307,20 @@ def register(engine: Engine, name: str, config: DBFixConfig) -> ManagedEngine | 
 
 
 def manage_process_wide(engine: Engine) -> ManagedEngine | None:
-    """Manage an engine the process-wide mode found, with the default settings, named
-    by its ``logging_name`` when it has one."""
+    """Manage an engine the process-wide mode found, with the default settings, named by
+    its ``logging_name`` if it has one, else by the app's line that made it."""
     if not isinstance(engine, Engine):
         return None
-    name = getattr(engine, "logging_name", None) or PROCESS_WIDE
+    name = getattr(engine, "logging_name", None) or _made_at(stamps.caller_location())
     return _manage(engine, str(name), PROCESS_WIDE, DBFixConfig(), os.getpid())
+
+
+def _made_at(where: stamps.CodeLocation | None) -> str:
+    """``package/module.py:12``: short, and tells two engines apart."""
+    if where is None:
+        return PROCESS_WIDE
+    parts = os.path.normpath(where.filename).split(os.sep)
+    return f"{'/'.join(parts[-2:])}:{where.lineno}"
 
 
 def add_app(app: Flask) -> None:

@@ -73,10 +73,8 @@ def is_on() -> bool:
 def switch_on() -> bool:
     """Switch the mode on (once: a second call does nothing). False where it cannot be on:
     no ``os.fork`` (nothing can be inherited) or no SQLAlchemy installed."""
-    from .forkhooks import can_fork
-
-    if not can_fork():
-        return False
+    if not (hasattr(os, "fork") and hasattr(os, "register_at_fork")):
+        return False  # forkhooks.can_fork(), without importing SQLAlchemy first
     had_sqlalchemy = "sqlalchemy" in sys.modules
     try:
         from . import _compat, engines, forkhooks

@@ -1,0 +1,376 @@
+"""The process-wide mode: an app that never mentions flask-uwsgi-dbfix is made fork-safe by
+one line of deployment (``import = flask_uwsgi_dbfix.auto``, ``dbfix-run``), against the
+real PostgreSQL with SSL, real uWSGI and gunicorn, and fresh interpreters that fork."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.gunicorn import start_gunicorn
+from harness.load import run_load
+from harness.postgres import PostgresServer
+from harness.uwsgi import app_args, run_uwsgi_to_exit, start_uwsgi
+from tests.pgstat import backends_of
+
+from .conftest import StartUwsgi, UwsgiFleet
+from .test_uwsgi_fork import assert_isolated, first_queries, marked_line
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = ROOT / "tests" / "apps" / "process_wide_probe.py"
+BIN = Path(sys.executable).parent
+SWITCH = ("--import", "flask_uwsgi_dbfix.auto")
+WARNING_NAME = "PreForkConnectionWarning"
+ENGINES = ["default", "second", "plain"]
+
+
+def probe_line(mark: str) -> int:
+    for number, line in enumerate(PROBE.read_text().splitlines(), start=1):
+        if f"# MARK: {mark}" in line:
+            return number
+    raise AssertionError(f"no MARK {mark!r} in {PROBE}")
+
+
+def run_probe(
+    pg: PostgresServer, url: str, *, switch: str, fork: str, off: bool = False
+) -> tuple[dict[str, Any], str]:
+    """Run the probe app in a fresh interpreter; (its JSON, its stderr)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "PROBE_IMPORT": "1" if switch == "import" else "0",
+        "PROBE_FORK": fork,
+    }
+    env.pop("FLASK_UWSGI_DBFIX", None)
+    if off:
+        env["FLASK_UWSGI_DBFIX"] = "off"
+    command = [sys.executable, str(PROBE)]
+    if switch == "dbfix-run":
+        command = [str(BIN / "dbfix-run"), *command]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+# -- every kind of engine, in a process that forks -----------------------------------------
+
+
+@pytest.mark.parametrize("fork", ["os", "raw"])
+@pytest.mark.parametrize("switch", ["import", "dbfix-run"])
+def test_every_engine_of_an_app_that_never_asked_is_fork_safe(
+    pg: PostgresServer, fresh_db: Any, switch: str, fork: str
+) -> None:
+    """Plain ``create_engine``, ``engine_from_config``, an ``AsyncEngine``'s sync pool and a
+    Flask-SQLAlchemy bind: the child gets backends of its own, the parent's held Connection
+    and Session keep theirs (their sockets untouched), the Session held across the fork
+    fails once in the child and then recovers; with Python's fork hooks the parent closes
+    its idle connections before forking and warns once, naming the app's lines."""
+    url = fresh_db()
+    out, stderr = run_probe(pg, url, switch=switch, fork=fork)
+    child = out["child"]
+    assert "error" not in child, child
+    kinds = set(out["before"])
+    assert {source for _, source in out["managed"]} == {"process-wide"}
+    assert len(out["managed"]) == len(kinds) + 1  # the Flask-SQLAlchemy default bind too
+    # Named by the app's line that made each (Flask-SQLAlchemy's: where it was first used).
+    assert all(name.startswith("apps/process_wide_probe.py:") for name, _ in out["managed"])
+    parents = set(out["before"].values()) | {out["held"], out["session"]}
+    for kind in kinds:
+        assert child["backends"][kind] not in parents, (kind, out)
+    if fork == "os":
+        assert child["session_first"] == "HeldAcrossForkError", child
+        assert child["session_after_rollback"] not in parents
+    # The parent's checked-out connections were never touched by the child.
+    assert out["after"] == {"held": out["held"], "session": out["session"]}
+    alive = set(out["alive"])
+    if fork == "os":
+        # Closed by the parent before the fork (workers inherit nothing idle), except the
+        # one the held Connection uses (the plain engine's, checked out again) and the
+        # AsyncEngine's (it closes only in its event loop; the child dropped its copy).
+        kept = {out["held"]} | ({out["before"]["async"]} if "async" in kinds else set())
+        assert alive == kept, out
+        assert stderr.count(WARNING_NAME) == 1, stderr
+        for mark, function in [("backend connects", "backend"), ("a Session held", "<module>")]:
+            where = f"process_wide_probe.py:{probe_line(mark)} in {function}"
+            assert where in stderr, stderr
+        assert pg.password not in stderr
+    else:
+        # No hook ran: the parent still has them all, and the child closed none of them.
+        assert alive == set(out["before"].values()), out
+        assert WARNING_NAME not in stderr, stderr
+
+
+@pytest.mark.parametrize("how", ["not switched on", "FLASK_UWSGI_DBFIX=off"])
+def test_control_without_the_mode_the_child_uses_the_parents_backends(
+    pg: PostgresServer, fresh_db: Any, how: str
+) -> None:
+    """The same probe without the mode (or with it switched off): the child runs on the
+    parent's backends, which is the bug the tests above would catch."""
+    switch = "none" if how == "not switched on" else "dbfix-run"
+    out, stderr = run_probe(pg, fresh_db(), switch=switch, fork="os", off=how != "not switched on")
+    assert out["managed"] == []
+    child = out["child"]
+    # The pool's idle connection, reused by the child: the parent's backend, or the shared
+    # TLS stream already broken under it.
+    shared = child.get("backends", {}).get("from_config") == out["before"]["from_config"]
+    assert shared or "error" in child, out
+    assert WARNING_NAME not in stderr
+
+
+# -- switching it on and off -----------------------------------------------------------------
+
+
+def python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k != "FLASK_UWSGI_DBFIX"} | env
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full, cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+REPORT = """
+import json, sys
+from flask_uwsgi_dbfix import process_wide
+from sqlalchemy.engine.interfaces import Dialect
+import sqlalchemy as sa
+e = sa.create_engine("postgresql+psycopg2://u:p@127.0.0.1:1/db")
+from flask_uwsgi_dbfix import engines
+print(json.dumps({
+    "on": process_wide.is_on(),
+    "managed": [[m.name, m.source] for m in engines.all_engines()],
+    "wrapped": Dialect.engine_created.__func__.__qualname__,
+    "listeners": sum(type(getattr(fn, "__self__", None)).__name__ == "ManagedEngine"
+                     for fn in e.pool.dispatch.connect),
+}))
+"""
+
+
+def report(code: str, **env: str) -> dict[str, Any]:
+    done = python(code + REPORT, **env)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_switched_on_twice_it_is_on_once() -> None:
+    out = report(
+        "import flask_uwsgi_dbfix.auto\nimport flask_uwsgi_dbfix.process_wide as p\n"
+        "assert p.switch_on() and p.switch_on()\n"
+    )
+    assert out["on"] is True
+    assert [source for _, source in out["managed"]] == ["process-wide"]
+    assert out["listeners"] == 1  # one connect listener: ours, once
+    assert "watch_engine_creation" in out["wrapped"]
+
+
+def test_an_engine_made_before_the_switch_is_found_too() -> None:
+    out = report(
+        "import sqlalchemy as sa\nearly = sa.create_engine('postgresql://u:p@127.0.0.1:1/e')\n"
+        "import flask_uwsgi_dbfix.auto\n"
+    )
+    assert len(out["managed"]) == 2
+
+
+@pytest.mark.parametrize("value", ["off", "0", "false", " OFF "])
+def test_off_for_one_process(value: str) -> None:
+    out = report("import flask_uwsgi_dbfix.auto\n", FLASK_UWSGI_DBFIX=value)
+    assert out["on"] is False
+    assert out["managed"] == []
+    assert out["wrapped"] != "watch_engine_creation.<locals>.engine_created"
+
+
+def test_without_the_switch_nothing_is_touched() -> None:
+    out = report("import flask_uwsgi_dbfix, flask_uwsgi_dbfix.process_wide\n")
+    assert out == {"on": False, "managed": [], "wrapped": "Dialect.engine_created",
+                   "listeners": 0}  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["of", "enable", "2"])
+def test_a_misspelt_value_stops_the_process_with_the_accepted_values(value: str) -> None:
+    done = python("import flask_uwsgi_dbfix.auto\nprint('went on')", FLASK_UWSGI_DBFIX=value)
+    assert done.returncode == 2
+    assert "went on" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"FLASK_UWSGI_DBFIX={value!r}" in lines[0]
+    assert "on, off" in lines[0]
+
+
+def test_dbfix_run_refuses_a_misspelt_value_and_a_missing_command() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FLASK_UWSGI_DBFIX"}
+    bad = subprocess.run(
+        [str(BIN / "dbfix-run"), sys.executable, "-c", "print('ran')"],
+        env=env | {"FLASK_UWSGI_DBFIX": "yess"}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert "on, off" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    missing = subprocess.run(
+        [str(BIN / "dbfix-run"), "no-such-command-here"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "dbfix-run: command not found: no-such-command-here"
+    usage = subprocess.run([str(BIN / "dbfix-run")], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2 and "usage: dbfix-run" in usage.stderr
+
+
+def test_dbfix_run_keeps_the_programs_own_sitecustomize(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['THEIRS'] = 'ran'\n")
+    env = {k: v for k, v in os.environ.items() if k != "FLASK_UWSGI_DBFIX"}
+    code = (
+        "import os, sys; from flask_uwsgi_dbfix import process_wide as p; "
+        "print(p.is_on(), os.environ.get('THEIRS'), 'sqlalchemy' in sys.modules)"
+    )
+    done = subprocess.run(
+        [str(BIN / "dbfix-run"), sys.executable, "-c", code],
+        env=env | {"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "ran", "True"]
+
+
+def test_in_a_process_without_sqlalchemy_it_does_nothing() -> None:
+    done = python(
+        "import sys; sys.modules['sqlalchemy'] = None\n"
+        "import flask_uwsgi_dbfix.auto\nfrom flask_uwsgi_dbfix import process_wide as p\n"
+        "print(p.is_on())"
+    )
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "False", "")
+
+
+def test_where_there_is_no_fork_it_does_nothing() -> None:
+    done = python(
+        "import os; del os.fork\nimport flask_uwsgi_dbfix.auto\n"
+        "import sys; from flask_uwsgi_dbfix import process_wide as p\n"
+        "print(p.is_on(), 'sqlalchemy' in sys.modules)"
+    )
+    assert (done.returncode, done.stdout.split(), done.stderr) == (0, ["False", "False"], "")
+
+
+def test_with_flaskdbfix_too_each_engine_is_managed_once_and_named_by_the_app() -> None:
+    code = """
+import warnings
+import flask_uwsgi_dbfix.auto
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from flask_uwsgi_dbfix import FlaskDBFix
+from tests.fsa_compat import fsa_engines
+app = Flask("t")
+app.config["SQLALCHEMY_DATABASE_URI"] = "postgresql+psycopg2://u:p@127.0.0.1:1/a"
+app.config["SQLALCHEMY_BINDS"] = {"second": "postgresql+psycopg2://u:p@127.0.0.1:1/b"}
+db = SQLAlchemy(app)
+fsa_engines(db, app)
+FlaskDBFix(app)
+"""
+    out = report(code)
+    assert sorted(map(tuple, out["managed"])) == [
+        ("default", "flask-sqlalchemy"),
+        ("process-wide", "process-wide"),  # REPORT's own engine (made in no file)
+        ("second", "flask-sqlalchemy"),
+    ]
+
+
+# -- real servers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["uwsgi import", "dbfix-run"])
+def test_uwsgi_serves_an_app_that_never_asked_with_every_engine_fixed(
+    pg: PostgresServer, fresh_db: Any, tmp_path: Path, via: str
+) -> None:
+    """bug_app without FlaskDBFix, with two Flask-SQLAlchemy binds and a plain engine, all
+    opened at import: 4 workers, no lazy-apps. One deployment line: no failed request, each
+    worker on backends of its own, one warning naming the app's line; with
+    py-call-uwsgi-fork-hooks the master keeps no backend."""
+    env = {
+        "DATABASE_URL": fresh_db(),
+        "SECOND_DATABASE_URL": fresh_db(),
+        "PLAIN_DATABASE_URL": fresh_db(),
+        "DBFIX_FIX": "0",
+    }
+    args = [*app_args("tests.apps.bug_app:app", processes=4, root=ROOT)]
+    args += ["--py-call-uwsgi-fork-hooks", "--binary-path", str(BIN / "uwsgi")]
+    program = [str(BIN / "dbfix-run"), str(BIN / "uwsgi")] if via == "dbfix-run" else None
+    if via == "uwsgi import":
+        args += SWITCH
+    fleet = UwsgiFleet(tmp_path)
+    try:
+        log_dir = tmp_path / "log"
+        log_dir.mkdir()
+        server = start_uwsgi(args, env=env, cwd=ROOT, processes=4, log_dir=log_dir, program=program)
+        fleet.started.append(server)
+        result = run_load(server.base_url, "/query", total=400, concurrency=8, deadline=120)
+        assert_isolated(result, ENGINES)
+        assert backends_of(pg, server.process.pid) == []
+        # The master closed its idle connections itself: nothing inherited, no warning.
+        assert WARNING_NAME not in server.log()
+    finally:
+        fleet.stop_all(graceful=False)
+
+
+def test_uwsgi_without_fork_hooks_warns_once_naming_the_apps_line(
+    serve: StartUwsgi,
+) -> None:
+    server = serve(fix=False, options=SWITCH)
+    result = run_load(server.base_url, "/query", total=200, concurrency=8, deadline=90)
+    assert_isolated(result, ["default"])
+    log = server.log()
+    assert log.count(WARNING_NAME) == 1, log
+    assert f"bug_app.py:{marked_line('default-engine pre-fork connection')}" in log, log
+
+
+def test_uwsgi_switched_off_shows_the_bug_again(serve: StartUwsgi) -> None:
+    """The control: the same line with FLASK_UWSGI_DBFIX=off, and workers start on the
+    master's connection."""
+    server = serve(fix=False, options=SWITCH, env={"FLASK_UWSGI_DBFIX": "off"})
+    firsts = first_queries(server, workers=4)
+    assert len(firsts) >= 2, "load did not reach two workers"
+    for body in firsts.values():
+        first = body["first"]["default"]
+        assert first.get("backend") == body["import"]["default"] or "error" in first, first
+
+
+def test_uwsgi_with_a_misspelt_value_stops_before_forking(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    args = [*app_args("tests.apps.bug_app:app", processes=4, root=ROOT), *SWITCH]
+    env = {"DATABASE_URL": pg.url(), "DBFIX_FIX": "0", "FLASK_UWSGI_DBFIX": "onn"}
+    status, log = run_uwsgi_to_exit(args, log_path=tmp_path / "uwsgi.log", env=env, cwd=ROOT)
+    assert status != 0
+    assert "FLASK_UWSGI_DBFIX='onn'" in log and "on, off" in log
+    assert not re.search(r"spawned uWSGI worker", log), log
+
+
+def test_gunicorn_preload_under_dbfix_run(pg: PostgresServer, tmp_path: Path) -> None:
+    """gunicorn --preload, the app without FlaskDBFix: the arbiter closes what it opened
+    before forking, every worker has its own backend, no failed request."""
+    env = {"DATABASE_URL": pg.url(), "DBFIX_FIX": "0"}
+    server = start_gunicorn(
+        "tests.servers.apps.web:app",
+        ["--preload"],
+        workers=4,
+        log_dir=tmp_path,
+        env=env,
+        cwd=ROOT,
+        program=[str(BIN / "dbfix-run"), str(BIN / "gunicorn")],
+    )
+    try:
+        result = run_load(server.base_url, "/query", total=300, concurrency=8, deadline=90)
+        assert result.failed == 0, result.failures
+        by_pid: dict[int, set[int]] = {}
+        for body in result.ok:
+            by_pid.setdefault(body["pid"], set()).add(body["backend"])
+        owners: dict[int, int] = {}
+        for pid, found in by_pid.items():
+            for b in found:
+                assert owners.setdefault(b, pid) == pid, f"backend {b} shared"
+        assert len(by_pid) == 4
+        assert {body["import"] for body in result.ok}.isdisjoint(owners)
+        assert backends_of(pg, server.server.pid) == []  # the arbiter closed its own
+    finally:
+        server.stop(graceful=False)
