@@ -36,6 +36,7 @@ from sqlalchemy.pool import NullPool
 from example_app import database_url
 from harness.load import LoadResult, run_load
 from harness.postgres import start_postgres, stop_postgres
+from harness.process import local_tcp_ports
 from harness.uwsgi import UwsgiServer, start_uwsgi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,25 +123,6 @@ def summarize(
         load_seconds=round(load.seconds, 2),
         master_connections=master_connections,
     )
-
-
-def local_tcp_ports(pid: int) -> set[int]:
-    """Local ports of the TCP sockets process ``pid`` holds (from /proc; Linux only)."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                fields = row.split()
-                if len(fields) > 9 and fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def master_connections(url: str, master_pid: int) -> int | None:

@@ -6,6 +6,8 @@ test can read what it printed and stop it, and everything it forked, by its own 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -97,3 +99,22 @@ def start_process(
         ) from e
     server.ready_seconds = time.monotonic() - started
     return server
+
+
+def local_tcp_ports(pid: int) -> set[int]:
+    """Local ports of the TCP sockets process ``pid`` holds (from /proc; Linux only)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if len(fields) > 9 and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

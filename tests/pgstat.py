@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 
-from example_app.demo import local_tcp_ports
 from harness.postgres import PostgresServer
+from harness.process import local_tcp_ports
 
 
 def backends_of(pg: PostgresServer, pid: int) -> list[int]:

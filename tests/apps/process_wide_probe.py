@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import Session
 
 warnings.simplefilter("default")  # the test reads every warning on stderr
 URL = os.environ["DATABASE_URL"]
@@ -77,9 +78,11 @@ def backends() -> dict[str, int]:
 before = backends()  # MARK: idle connections opened before the fork
 held = plain.connect()  # the pooled connection backend() opened, held across the fork
 held_backend = int(held.execute(PROBE).scalar_one())
-ctx = app.app_context()
-ctx.push()
-session_backend = int(db.session.execute(PROBE).scalar_one())  # MARK: a Session held across
+# A plain Session on the Flask-SQLAlchemy default engine (db.session is scoped: a forked
+# child of Flask-SQLAlchemy 2.x may get a new one), its transaction left open.
+with app.app_context():
+    session = Session(bind=db.engine)
+session_backend = int(session.execute(PROBE).scalar_one())  # MARK: a Session held across
 
 
 def raw_fork() -> int:
@@ -95,14 +98,14 @@ def in_child() -> dict[str, Any]:
         # holds it (docs/limitations.md); the checkout guard covers only new checkouts.
         return found
     try:
-        found["session_first"] = int(db.session.execute(PROBE).scalar_one())
+        found["session_first"] = int(session.execute(PROBE).scalar_one())
     except Exception as exc:
         from flask_uwsgi_dbfix import HeldAcrossForkError
 
         ours = isinstance(getattr(exc, "orig", None), HeldAcrossForkError)
         found["session_first"] = "HeldAcrossForkError" if ours else repr(exc)
-        db.session.rollback()
-    found["session_after_rollback"] = int(db.session.execute(PROBE).scalar_one())
+        session.rollback()
+    found["session_after_rollback"] = int(session.execute(PROBE).scalar_one())
     return found
 
 
@@ -143,7 +146,7 @@ def parent_query(connection: Any) -> int | str:
 
 
 engines_managed = managed()
-after = {"held": parent_query(held), "session": parent_query(db.session)}
+after = {"held": parent_query(held), "session": parent_query(session)}
 # Which of the start-up backends still exist, now that the child is gone (a role sees its
 # own sessions in pg_stat_activity): a child that closed one would have ended it.
 ALIVE = sa.text("SELECT pid FROM pg_stat_activity WHERE pid = ANY(:pids)")
