@@ -53,6 +53,7 @@ def dbfix_cli() -> None:
 @dbfix_cli.command(
     "check",
     cls=_OneLineErrorCommand,
+    with_appcontext=False,  # the ini is read first: it may switch on the process-wide mode
     short_help="Diagnose the app and its uwsgi.ini before deploying.",
 )
 @click.option(
@@ -86,8 +87,24 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
         click.echo(json.dumps(nothing | {"verdict": verdict}) if as_json else message)
         ctx.exit(0)
 
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    info = ctx.find_object(ScriptInfo)
+    from .check.inspection import ini_switches_process_wide, resolve_ini
+
+    try:
+        ini, _ = resolve_ini(ini_path)
+    except IniError as exc:
+        raise BadInput(str(exc)) from None
+    if ini_switches_process_wide(ini):
+        # As uWSGI's master would: on before the app is imported, so its engines are
+        # managed and the connections it opens while it loads are named.
+        from .process_wide import switch_on
+
+        switch_on()
+    info = ctx.ensure_object(ScriptInfo)
+    if current_app:
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    else:
+        app = info.load_app()
+        ctx.with_resource(app.app_context())
     try:
         report = build_report(app, ini_path, app_import_path=info.app_import_path if info else None)
     except IniError as exc:

@@ -319,8 +319,7 @@ def _made_at(where: stamps.CodeLocation | None) -> str:
     """``package/module.py:12``: short, and tells two engines apart."""
     if where is None:
         return PROCESS_WIDE
-    parts = os.path.normpath(where.filename).split(os.sep)
-    return f"{'/'.join(parts[-2:])}:{where.lineno}"
+    return f"{stamps.short_path(where.filename)}:{where.lineno}"
 
 
 def add_app(app: Flask) -> None:

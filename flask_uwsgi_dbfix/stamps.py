@@ -242,6 +242,19 @@ def caller_location() -> CodeLocation | None:
     return _location(_walk(sys._getframe(1)))
 
 
+def short_path(path: str) -> str:
+    """The path relative to the deepest of the cwd and the ``sys.path`` entries holding
+    it (``app/__init__.py``, ``flask_appbuilder/security/...``): short, still exact."""
+    target = os.path.abspath(path)
+    roots = [os.getcwd(), *(os.path.abspath(p or os.curdir) for p in sys.path)]
+    best = None
+    for root in roots:
+        prefix = root.rstrip(os.sep) + os.sep
+        if target.startswith(prefix) and (best is None or len(root) > len(best)):
+            best = root
+    return path if best is None else os.path.relpath(target, best)
+
+
 # -- the stamp -----------------------------------------------------------------------------
 
 

@@ -602,6 +602,7 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
         "prefork_warning",
         "pid_guard",
         "close_before_fork",
+        "process_wide",
     }
     assert set(data["engines"][0]) == {
         "name",

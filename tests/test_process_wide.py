@@ -80,7 +80,7 @@ def test_every_engine_of_an_app_that_never_asked_is_fork_safe(
     assert {source for _, source in out["managed"]} == {"process-wide"}
     assert len(out["managed"]) == len(kinds) + 1  # the Flask-SQLAlchemy default bind too
     # Named by the app's line that made each (Flask-SQLAlchemy's: where it was first used).
-    assert all(name.startswith("apps/process_wide_probe.py:") for name, _ in out["managed"])
+    assert all(name.startswith("process_wide_probe.py:") for name, _ in out["managed"])
     parents = set(out["before"].values()) | {out["held"], out["session"]}
     for kind in kinds:
         assert child["backends"][kind] not in parents, (kind, out)
@@ -376,3 +376,163 @@ def test_gunicorn_preload_under_dbfix_run(pg: PostgresServer, tmp_path: Path) ->
         assert backends_of(pg, server.server.pid) == []  # the arbiter closed its own
     finally:
         server.stop(graceful=False)
+
+
+def test_uwsgi_serves_a_plain_wsgi_app_with_the_mode(pg: PostgresServer, tmp_path: Path) -> None:
+    """No Flask at all: an ``engine_from_config`` engine that reads a settings row at import.
+    Without the mode the workers share the master's socket; with it, none fails and none
+    shares a backend."""
+    fleet = UwsgiFleet(tmp_path)
+    env = {"DATABASE_URL": pg.url()}
+    base = [*app_args("tests.apps.plain_wsgi:application", processes=4, root=ROOT)]
+    try:
+        bare = fleet.start([*base], env, 4)
+        shared = run_load(bare.base_url, "/query", total=200, concurrency=8, deadline=90)
+        with_mode = fleet.start([*base, *SWITCH, "--py-call-uwsgi-fork-hooks"], env, 4)
+        fixed = run_load(with_mode.base_url, "/query", total=400, concurrency=8, deadline=90)
+        master_backends = backends_of(pg, with_mode.process.pid)
+    finally:
+        fleet.stop_all(graceful=False)
+    owners: dict[int, set[int]] = {}
+    for body in shared.ok:
+        owners.setdefault(body["backend"], set()).add(body["pid"])
+    bug = shared.failed > 0 or any(len(pids) > 1 for pids in owners.values())
+    assert bug, "without the mode the workers should share the master's connection"
+    assert fixed.failed == 0, fixed.failures
+    owners = {}
+    for body in fixed.ok:
+        owners.setdefault(body["backend"], set()).add(body["pid"])
+    assert all(len(pids) == 1 for pids in owners.values()), owners
+    assert master_backends == []
+
+
+# -- the check knows the mode -----------------------------------------------------------------
+
+FLASK = BIN / "flask"
+GOOD_INI = "[uwsgi]\nmaster = true\nprocesses = 4\n"
+
+
+def check(*command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k != "FLASK_UWSGI_DBFIX"}
+    return subprocess.run(
+        list(command), cwd=ROOT, env=full | {"PYTHONPATH": str(ROOT)} | env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "finding"),
+    [
+        ("", 1, "ERROR    fix-disabled"),
+        ("import = flask_uwsgi_dbfix.auto\n", 0, "INFO     process-wide"),
+        ("pyimport = flask_uwsgi_dbfix.auto\nenv = FLASK_UWSGI_DBFIX=off\n", 1, "ERROR    fix-"),
+        ("import = flask_uwsgi_dbfix.auto\nenv = FLASK_UWSGI_DBFIX=of\n", 1, "process-wide-switch"),
+    ],
+    ids=["no-switch", "import", "switched-off", "misspelt"],
+)
+def test_flask_dbfix_check_sees_the_mode_in_the_ini(
+    pg: PostgresServer, tmp_path: Path, extra: str, code: int, finding: str
+) -> None:
+    """An app without FlaskDBFix that queries at import: the ini's import line is the fix
+    (the check switches the mode on before loading the app, as uWSGI's master does)."""
+    ini_path = tmp_path / "uwsgi.ini"
+    ini_path.write_text(GOOD_INI + "module = tests.cli_apps.import_query_app:app\n" + extra)
+    done = check(
+        str(FLASK), "--app", "tests.cli_apps.import_query_app", "dbfix", "check",
+        "--ini", str(ini_path), DATABASE_URL=pg.url(), DBFIX_INIT="0",
+    )  # fmt: skip
+    assert done.returncode == code, done.stdout + done.stderr
+    assert finding in done.stdout
+    assert pg.password not in done.stdout + done.stderr
+    if code == 0:
+        data = json.loads(
+            check(
+                str(FLASK),
+                "--app",
+                "tests.cli_apps.import_query_app",
+                "dbfix",
+                "check",
+                "--ini",
+                str(ini_path),
+                "--json",
+                DATABASE_URL=pg.url(),
+                DBFIX_INIT="0",
+            ).stdout  # fmt: skip
+        )
+        assert data["extension"]["process_wide"].endswith("import = flask_uwsgi_dbfix.auto")
+        assert data["extension"]["initialised"] is False
+        assert [e["source"] for e in data["engines"]] == ["process-wide"]
+        assert data["engines"][0]["managed"] is True
+        line = marked_import_line()
+        assert data["prefork_connections"][0]["origin"]["line"] == line
+
+
+def marked_import_line() -> int:
+    app = ROOT / "tests" / "cli_apps" / "import_query_app.py"
+    for number, text in enumerate(app.read_text().splitlines(), start=1):
+        if "# MARK: import" in text:
+            return number
+    raise AssertionError("no MARK: import")
+
+
+def test_the_check_under_dbfix_run_sees_the_mode_in_its_own_process(pg: PostgresServer) -> None:
+    done = check(
+        str(BIN / "dbfix-run"), str(FLASK), "--app", "tests.cli_apps.import_query_app", "dbfix",
+        "check", DATABASE_URL=pg.url(), DBFIX_INIT="0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "process-wide mode on: switched on in this process" in done.stdout
+
+
+PLAIN = ROOT / "tests" / "apps" / "plain_wsgi.py"
+
+
+def plain_line(mark: str) -> int:
+    for number, text in enumerate(PLAIN.read_text().splitlines(), start=1):
+        if f"# MARK: {mark}" in text:
+            return number
+    raise AssertionError(mark)
+
+
+def test_python_m_check_on_an_app_that_is_not_a_flask_app(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """``python -m flask_uwsgi_dbfix check``: the app the ini serves, loaded as uWSGI would;
+    an engine nothing manages holding a connection is an error naming its line; the ini's
+    import line makes it safe."""
+    served = GOOD_INI + "module = tests.apps.plain_wsgi:application\n"
+    (tmp_path / "bare.ini").write_text(served)
+    (tmp_path / "fixed.ini").write_text(served + "import = flask_uwsgi_dbfix.auto\n")
+    python_m = [sys.executable, "-m", "flask_uwsgi_dbfix", "check"]
+    bare = check(*python_m, "--ini", str(tmp_path / "bare.ini"), DATABASE_URL=pg.url())
+    assert bare.returncode == 1, bare.stdout + bare.stderr
+    assert "ERROR    prefork-connection" in bare.stdout
+    assert f"plain_wsgi.py:{plain_line('startup')} in <module>" in bare.stdout
+    assert "import = flask_uwsgi_dbfix.auto" in " ".join(bare.stdout.split())
+    fixed = check(*python_m, "--ini", str(tmp_path / "fixed.ini"), "--json",
+                  DATABASE_URL=pg.url())  # fmt: skip
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    data = json.loads(fixed.stdout)
+    assert [e["name"] for e in data["engines"]] == [
+        f"tests/apps/plain_wsgi.py:{plain_line('made')}"
+    ]
+    assert data["verdict"]["status"] == "pass"
+    for output in (bare.stdout, bare.stderr, fixed.stdout):
+        assert pg.password not in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--app", "tests.apps.no_such_module"], "could not load 'tests.apps.no_such_module'"),
+        (["--app", "tests.apps.plain_wsgi:nothere"], "has no 'nothere'"),
+        (["--app", "/no/such/file.py"], "no such file: /no/such/file.py"),
+        (["--ini", "/no/such.ini", "--app", "x:y"], "/no/such.ini"),
+    ],
+)
+def test_python_m_check_bad_input_is_one_line_and_exit_2(
+    pg: PostgresServer, args: list[str], message: str
+) -> None:
+    done = check(sys.executable, "-m", "flask_uwsgi_dbfix", "check", *args, DATABASE_URL=pg.url())
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr

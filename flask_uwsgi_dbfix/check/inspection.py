@@ -9,6 +9,7 @@ both into findings; it never opens a connection itself.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import sys
 from types import ModuleType
@@ -22,11 +23,15 @@ from ..config import DBFixConfig
 from ..engines import (
     DEFAULT_BIND_NAME,
     adopt_app_engines,
+    all_engines,
     app_engines,
+    is_managed,
     is_process_local,
     pool_connections,
 )
 from ..masking import masked_url
+from ..process_wide import ENV_VAR, SwitchError, requested
+from ..process_wide import is_on as process_wide_is_on
 from .findings import find
 from .report import (
     DEFAULT_INI,
@@ -35,61 +40,130 @@ from .report import (
     EngineReport,
     PreforkConnection,
     UwsgiReport,
+    short_path,
 )
-from .uwsgi_ini import ServedApp, UwsgiIni, UwsgiSettings, read_ini, settings_from_ini
+from .uwsgi_ini import (
+    AUTO_MODULE,
+    ServedApp,
+    UwsgiIni,
+    UwsgiSettings,
+    read_ini,
+    settings_from_ini,
+)
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "ini_switches_process_wide", "resolve_ini"]
+
+
+def resolve_ini(
+    ini_path: str | os.PathLike[str] | None, default_ini: str | os.PathLike[str] = DEFAULT_INI
+) -> tuple[UwsgiIni | None, str]:
+    """The ini to audit and where it came from: ``named``, ``default`` (``default_ini``
+    exists) or ``none``. Raises :class:`~flask_uwsgi_dbfix.check.uwsgi_ini.IniError`."""
+    if ini_path is not None:
+        return read_ini(ini_path), "named"
+    if os.path.isfile(default_ini):
+        return read_ini(default_ini), "default"
+    return None, "none"
+
+
+def ini_switches_process_wide(ini: UwsgiIni | None) -> bool:
+    """Would the master run with the process-wide mode on (an ``import`` of
+    ``flask_uwsgi_dbfix.auto``, not switched off by the ini's ``env`` or this environment)?
+    A misspelt value counts as off: uWSGI would stop (reported as an error)."""
+    return ini is not None and _ini_process_wide(settings_from_ini(ini))[0]
+
+
+def _ini_process_wide(settings: UwsgiSettings) -> tuple[bool, str | None]:
+    """(on, the switch's error) for the ini's import line and ``FLASK_UWSGI_DBFIX``."""
+    if settings.process_wide is None:
+        return False, None
+    env_line = settings.process_wide_env
+    if env_line is not None:
+        environ = {ENV_VAR: (env_line.value or "").partition("=")[2]}
+        where = f"{short_path(env_line.file)}:{env_line.lineno}: "
+    else:
+        environ, where = dict(os.environ), "this environment: "
+    try:
+        return requested(environ), None
+    except SwitchError as exc:
+        return False, where + str(exc)
 
 
 def build_report(
-    app: Flask,
+    app: object,
     ini_path: str | os.PathLike[str] | None = None,
     *,
     app_import_path: str | None = None,
     default_ini: str | os.PathLike[str] = DEFAULT_INI,
+    scan_process: bool = False,
 ) -> CheckReport:
     """Inspect ``app`` as loaded in this process and the uWSGI ini that will serve it.
 
+    ``app`` is a Flask app, or any WSGI app (``python -m flask_uwsgi_dbfix check``).
     ``ini_path`` names the ini (``path`` or ``path:section``); ``None`` uses
-    ``default_ini`` when that file exists and audits no ini otherwise. Raises
+    ``default_ini`` when that file exists and audits no ini otherwise. ``scan_process``:
+    also report engines nobody manages, found among the process's live objects (a fresh
+    process only: another test's engines would be found too). Raises
     :class:`~flask_uwsgi_dbfix.check.uwsgi_ini.IniError` when the ini cannot be used.
     """
-    ini_source = "named"
-    if ini_path is None:
-        ini_source = "default" if os.path.isfile(default_ini) else "none"
-        ini_path = default_ini if ini_source == "default" else None
-    ini = read_ini(ini_path) if ini_path is not None else None
-    engines, prefork = _inspect_engines(app)
+    ini, ini_source = resolve_ini(ini_path, default_ini)
+    engines, prefork = _inspect_engines(app, scan_process)
+    uwsgi = _uwsgi_report(ini, app, app_import_path) if ini is not None else None
+    process_wide, switch_error = _process_wide(uwsgi)
+    config = _config(app)
+    flask_app = isinstance(app, Flask)
     report = CheckReport(
-        app_name=app.name,
+        app_name=app.name if isinstance(app, Flask) else (app_import_path or type(app).__name__),
         app_import_path=app_import_path,
         pid=os.getpid(),
-        config=_config(app),
+        config=config if config is not None or process_wide is None else DBFixConfig(),
         engines=engines,
         prefork=prefork,
-        uwsgi=_uwsgi_report(ini, app, app_import_path) if ini is not None else None,
+        uwsgi=uwsgi,
         ini_source=ini_source,
+        process_wide=process_wide,
+        process_wide_error=switch_error,
+        flask_app=flask_app,
+        extension_initialised=config is not None,
     )
     return dataclasses.replace(report, findings=find(report))
+
+
+def _process_wide(uwsgi: UwsgiReport | None) -> tuple[str | None, str | None]:
+    """(how the process-wide mode is on, or ``None``; what is wrong with its switch)."""
+    on, error = _ini_process_wide(uwsgi.settings) if uwsgi is not None else (False, None)
+    if on and uwsgi is not None and uwsgi.settings.process_wide is not None:
+        line = uwsgi.settings.process_wide
+        return f"{short_path(line.file)}:{line.lineno}: {line.key} = {AUTO_MODULE}", error
+    if "flask_uwsgi_dbfix.process_wide" in sys.modules and process_wide_is_on():
+        return "switched on in this process (dbfix-run, or an import of " + AUTO_MODULE + ")", error
+    return None, error
 
 
 # -- the app's engines -----------------------------------------------------------------
 
 
-def _config(app: Flask) -> DBFixConfig | None:
+def _config(app: object) -> DBFixConfig | None:
+    if not isinstance(app, Flask):
+        return None
     state = app.extensions.get("dbfix")
     config = getattr(state, "config", None)
     return config if isinstance(config, DBFixConfig) else None
 
 
 def _inspect_engines(
-    app: Flask,
+    app: object, scan_process: bool = False
 ) -> tuple[tuple[EngineReport, ...], tuple[PreforkConnection, ...]]:
     engines: list[EngineReport] = []
     prefork: list[PreforkConnection] = []
-    _compat.create_flask_sqlalchemy_engines(app)
-    adopt_app_engines()  # engines Flask-SQLAlchemy made but nothing connected yet
-    managed = app_engines(app)
+    if isinstance(app, Flask):
+        _compat.create_flask_sqlalchemy_engines(app)
+        adopt_app_engines()  # engines Flask-SQLAlchemy made but nothing connected yet
+        managed = app_engines(app)
+        fsa = _compat.flask_sqlalchemy_engines(app)
+        unmanaged = [(DEFAULT_BIND_NAME if k is None else k, e) for k, e in fsa.items()]
+    else:
+        managed, unmanaged = all_engines(), []
     for m in managed:
         opened = m.open_connections()
         described = _engine_report(m.name, m.source, m.engine, len(opened), True)
@@ -97,12 +171,20 @@ def _inspect_engines(
         url = described.url
         prefork += [PreforkConnection(m.name, url, c.pid, c.checked_out, c.origin) for c in opened]
     known = {id(m.engine) for m in managed}
-    for key, engine in _compat.flask_sqlalchemy_engines(app).items():
-        if id(engine) in known or is_process_local(engine):
+    if scan_process:
+        found = [e for e in gc.get_objects() if type(e) is Engine]
+        unmanaged += [
+            (f"unmanaged-{n}" if n > 1 else "unmanaged", e) for n, e in enumerate(found, 1)
+        ]
+    for name, engine in unmanaged:
+        if id(engine) in known or is_process_local(engine) or is_managed(engine):
             continue
-        name = DEFAULT_BIND_NAME if key is None else key
+        known.add(id(engine))
         opened = pool_connections(engine)
-        described = _engine_report(name, "flask-sqlalchemy", engine, len(opened), False)
+        source = "unmanaged" if name.startswith("unmanaged") else "flask-sqlalchemy"
+        if source == "unmanaged" and not opened:
+            continue  # an engine nobody connected: nothing to inherit, nothing to say
+        described = _engine_report(name, source, engine, len(opened), False)
         engines.append(described)
         url = described.url
         prefork += [PreforkConnection(name, url, c.pid, c.checked_out, c.origin) for c in opened]
@@ -132,7 +214,7 @@ def _engine_report(
 # -- the uWSGI side --------------------------------------------------------------------
 
 
-def _uwsgi_report(ini: UwsgiIni, app: Flask, app_import_path: str | None) -> UwsgiReport:
+def _uwsgi_report(ini: UwsgiIni, app: object, app_import_path: str | None) -> UwsgiReport:
     settings = settings_from_ini(ini)
     forks, reason = _fork_model(settings)
     matches = tuple(_match_served(app, s, app_import_path) for s in settings.served)
@@ -154,7 +236,7 @@ def _fork_model(s: UwsgiSettings) -> tuple[bool | None, str]:
     return None, "master/processes could not be resolved"
 
 
-def _match_served(app: Flask, served: ServedApp, import_path: str | None) -> AppMatch:
+def _match_served(app: object, served: ServedApp, import_path: str | None) -> AppMatch:
     """Compare an app the ini serves with the app being checked, importing nothing."""
     module = _loaded_module(served)
     if module is None:

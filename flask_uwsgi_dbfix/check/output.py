@@ -47,7 +47,8 @@ def report_to_json(report: CheckReport, strict: bool = False) -> dict[str, Any]:
             "import_path": report.app_import_path,
             "pid": report.pid,
         },
-        "extension": _extension_json(report.config),
+        "extension": _extension_json(report.config, report.extension_initialised)
+        | {"process_wide": report.process_wide},
         "engines": [dataclasses.asdict(e) for e in report.engines],
         "prefork_connections": [_prefork_json(c) for c in report.prefork],
         "uwsgi_config": _uwsgi_json(report),
@@ -63,7 +64,7 @@ def report_to_json(report: CheckReport, strict: bool = False) -> dict[str, Any]:
     }
 
 
-def _extension_json(config: DBFixConfig | None) -> dict[str, Any]:
+def _extension_json(config: DBFixConfig | None, initialised: bool) -> dict[str, Any]:
     if config is None:
         return {
             "initialised": False,
@@ -73,7 +74,7 @@ def _extension_json(config: DBFixConfig | None) -> dict[str, Any]:
             "close_before_fork": None,
         }
     return {
-        "initialised": True,
+        "initialised": initialised,
         "enabled": config.enabled,
         "prefork_warning": config.prefork_warning,
         "pid_guard": config.pid_guard,
@@ -162,7 +163,10 @@ def _unresolved_json(u: Unresolved) -> dict[str, Any]:
 def render_human(report: CheckReport, color: bool = False, strict: bool = False) -> str:
     """A short report for an 80-column terminal; ANSI colour only when ``color``."""
     out = _Writer(color)
-    out.line(out.bold(f"flask dbfix check: app '{report.app_name}' (pid {report.pid})"))
+    command = "flask dbfix check" if report.flask_app else "flask-uwsgi-dbfix check"
+    out.line(out.bold(f"{command}: app '{report.app_name}' (pid {report.pid})"))
+    if report.process_wide is not None:
+        out.wrapped(f"process-wide mode on: {report.process_wide}", 2, "  ")
     _render_engines(out, report)
     _render_prefork(out, report)
     _render_uwsgi(out, report)

@@ -9,13 +9,11 @@ shared by the findings and the output, so both say the same thing the same way.
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import DEFAULT_INI, DBFixConfig
-from ..stamps import UNKNOWN_ORIGIN, CodeLocation
+from ..stamps import UNKNOWN_ORIGIN, CodeLocation, short_path
 from .uwsgi_ini import ServedApp, UwsgiIni, UwsgiSettings
 
 __all__ = [
@@ -113,13 +111,21 @@ class CheckReport:
     app_import_path: str | None
     pid: int
     config: DBFixConfig | None
-    """``None`` when FlaskDBFix was not initialised on the app."""
+    """``None`` when neither FlaskDBFix nor the process-wide mode covers the app."""
     engines: tuple[EngineReport, ...]
     prefork: tuple[PreforkConnection, ...]
     uwsgi: UwsgiReport | None
     ini_source: str
     """``named`` (``--ini``), ``default`` (``./uwsgi.ini``) or ``none``."""
     findings: tuple[Finding, ...] = field(default=())
+    process_wide: str | None = None
+    """How the process-wide mode is on (the ini line, or this process); ``None``: off."""
+    process_wide_error: str | None = None
+    """A ``FLASK_UWSGI_DBFIX`` value that is neither on nor off (uWSGI would stop)."""
+    flask_app: bool = True
+    """False for another WSGI app (``python -m flask_uwsgi_dbfix check``)."""
+    extension_initialised: bool = True
+    """``FlaskDBFix`` ran on the app (``config`` may also come from the process-wide mode)."""
 
     def count(self, severity: Severity) -> int:
         """How many findings have this severity: the verdict is made of these counts."""
@@ -137,19 +143,6 @@ def exit_code(report: CheckReport, strict: bool = False) -> int:
 def plural(count: int, noun: str) -> str:
     """``1 connection``, ``2 connections``."""
     return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
-def short_path(path: str) -> str:
-    """The path relative to the deepest of the cwd and the ``sys.path`` entries holding
-    it (``app/__init__.py``, ``flask_appbuilder/security/...``): short, still exact."""
-    target = os.path.abspath(path)
-    roots = [os.getcwd(), *(os.path.abspath(p or os.curdir) for p in sys.path)]
-    best = None
-    for root in roots:
-        prefix = root.rstrip(os.sep) + os.sep
-        if target.startswith(prefix) and (best is None or len(root) > len(best)):
-            best = root
-    return path if best is None else os.path.relpath(target, best)
 
 
 def describe_origin(origin: CodeLocation | None) -> str:

@@ -699,7 +699,27 @@ class UwsgiSettings:
     """(key as written, the option it was probably meant to be): uWSGI ignores these."""
     inline_comments: tuple[IniOption, ...]
     """Audited options whose value holds `` ;`` or `` #``: uWSGI has no inline comments."""
+    process_wide: IniOption | None = None
+    """The ``import = flask_uwsgi_dbfix.auto`` line (any of uWSGI's import options) that
+    switches the process-wide mode on in the master."""
+    process_wide_env: IniOption | None = None
+    """The last ``env = FLASK_UWSGI_DBFIX=...`` line: its value switches the mode off, or
+    stops uWSGI when it is neither on nor off."""
 
+
+AUTO_MODULE = "flask_uwsgi_dbfix.auto"
+ENV_VAR = "FLASK_UWSGI_DBFIX"
+IMPORT_OPTIONS = (
+    "import",
+    "pyimport",
+    "py-import",
+    "python-import",
+    "shared-import",
+    "shared-pyimport",
+    "shared-py-import",
+    "shared-python-import",
+)
+"""uWSGI's Python plugin imports each of these in the master before it loads the app."""
 
 AUDITED = (
     "master",
@@ -776,6 +796,13 @@ def settings_from_ini(ini: UwsgiIni) -> UwsgiSettings:
         misspelt=_misspelt(ini),
         inline_comments=tuple(
             o for o in ini.options if o.key in AUDITED and o.value and _COMMENT.search(o.value)
+        ),
+        process_wide=next(
+            (o for o in ini.all(*IMPORT_OPTIONS) if (o.value or "").strip() == AUTO_MODULE), None
+        ),
+        process_wide_env=next(
+            (o for o in reversed(ini.all("env")) if (o.value or "").startswith(f"{ENV_VAR}=")),
+            None,
         ),
     )
 

@@ -27,6 +27,7 @@ RULES: tuple[Rule, ...] = (
     app.prefork_connections,
     app.checked_out_at_fork,
     app.fix_disabled,
+    app.process_wide,
     ini.no_uwsgi_ini,
     ini.no_master,
     ini.lazy_apps,

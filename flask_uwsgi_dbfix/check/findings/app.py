@@ -6,7 +6,15 @@ from collections import Counter
 
 from ..report import UNKNOWN_ORIGIN, CheckReport, Finding, Severity, describe_origin, plural
 
-__all__ = ["checked_out_at_fork", "fix_disabled", "no_engines", "prefork_connections"]
+__all__ = [
+    "checked_out_at_fork",
+    "fix_disabled",
+    "no_engines",
+    "prefork_connections",
+    "process_wide",
+]
+
+AUTO_MODULE = "flask_uwsgi_dbfix.auto"
 
 _FORK_HOOKS_FIX = (
     "Or set py-call-uwsgi-fork-hooks = true in the uWSGI ini (uWSGI 2.0.21+): the "
@@ -99,16 +107,40 @@ def checked_out_at_fork(report: CheckReport) -> list[Finding]:
     ]
 
 
+def process_wide(report: CheckReport) -> list[Finding]:
+    """``process-wide``: the mode is on (every engine managed), or its switch is broken."""
+    if report.process_wide_error is not None:
+        return [
+            Finding(
+                "process-wide-switch",
+                "error",
+                f"{report.process_wide_error}: the server stops at start-up.",
+                "Set FLASK_UWSGI_DBFIX to on or off, or remove it.",
+            )
+        ]
+    if report.process_wide is None:
+        return []
+    return [
+        Finding(
+            "process-wide",
+            "info",
+            f"The process-wide mode is on ({report.process_wide}): every SQLAlchemy engine "
+            "the process makes is fork-safe, without FlaskDBFix.",
+        )
+    ]
+
+
 def fix_disabled(report: CheckReport) -> list[Finding]:
     """``fix-disabled``: FlaskDBFix missing or turned off, an error when it matters now."""
     config = report.config
-    if config is not None and config.enabled:
+    if report.process_wide is not None or (config is not None and config.enabled):
         return []
-    what = (
-        "FlaskDBFix is not initialised on this app"
-        if config is None
-        else "The fix is disabled (DBFIX_ENABLED=False)"
-    )
+    if not report.flask_app:
+        what = "No engine of this app is managed by flask-uwsgi-dbfix"
+    elif config is None:
+        what = "FlaskDBFix is not initialised on this app"
+    else:
+        what = "The fix is disabled (DBFIX_ENABLED=False)"
     inherits = bool(report.prefork) and _forks(report) is not False
     if inherits:
         now = ", and this app has some."
@@ -116,7 +148,16 @@ def fix_disabled(report: CheckReport) -> list[Finding]:
         now = "; harmless with this uWSGI config."
     else:
         now = "; none would be inherited now."
-    fix = "Call FlaskDBFix(app)." if config is None else "Remove DBFIX_ENABLED=False."
+    switch = (
+        f"or, without changing the app's code, add `import = {AUTO_MODULE}` to the uWSGI "
+        "ini (or start the server under dbfix-run)."
+    )
+    if not report.flask_app:
+        fix = f"Call flask_uwsgi_dbfix.register(engine) for each engine, {switch}"
+    elif config is None:
+        fix = f"Call FlaskDBFix(app), {switch}"
+    else:
+        fix = "Remove DBFIX_ENABLED=False."
     return [
         Finding(
             "fix-disabled",

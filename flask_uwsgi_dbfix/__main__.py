@@ -1,0 +1,164 @@
+"""``python -m flask_uwsgi_dbfix``: the check for any WSGI app, and ``run`` (``dbfix-run``).
+
+``check`` is ``flask dbfix check`` for an app that is not (or not only) a Flask app, e.g. a
+Pyramid or plain WSGI app with ``create_engine``: it loads the app the ini serves (or
+``--app``), as uWSGI's master would, and reports every engine holding a connection,
+managed or not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+import click
+
+from .commands import BadInput, _OneLineErrorCommand, _stdout_is_tty
+from .config import DEFAULT_INI
+
+__all__ = ["main"]
+
+
+@click.group()
+def main() -> None:
+    """flask-uwsgi-dbfix: fork safety for SQLAlchemy apps under pre-forking servers."""
+
+
+@main.command("check", cls=_OneLineErrorCommand)
+@click.option(
+    "--ini",
+    "ini_path",
+    metavar="PATH[:SECTION]",
+    help=f"uWSGI ini file to audit (default: ./{DEFAULT_INI} when present).",
+)
+@click.option(
+    "--app",
+    "app_spec",
+    metavar="MODULE[:CALLABLE]|FILE.py",
+    help="The app to load (default: the one the ini serves); CALLABLE defaults to "
+    "'application', as in uWSGI; 'factory()' calls it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (for CI).")
+def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, strict: bool) -> None:
+    """Load the app as uWSGI's master would, report the connections its workers would
+    inherit and whether anything makes them safe, audit the ini, and give a verdict.
+
+    Exit status: 0 nothing to fix, 1 errors (or warnings with --strict), 2 bad input or an
+    app that does not load.
+    """
+    ctx = click.get_current_context()
+    if not hasattr(os, "register_at_fork"):
+        click.echo("this platform cannot fork: no worker can inherit a connection")
+        ctx.exit(0)
+    from .check.inspection import build_report, ini_switches_process_wide, resolve_ini
+    from .check.output import render_human, report_to_json
+    from .check.report import exit_code
+    from .check.uwsgi_ini import IniError, settings_from_ini
+    from .stamps import record_every_pool
+
+    try:
+        ini, _ = resolve_ini(ini_path)
+    except IniError as exc:
+        raise BadInput(str(exc)) from None
+    if app_spec is None:
+        app_spec = _served_spec(settings_from_ini(ini).served if ini is not None else ())
+    record_every_pool()  # before the app loads: its connections are named
+    if ini_switches_process_wide(ini):
+        from .process_wide import switch_on
+
+        switch_on()
+    app = _load(app_spec)
+    from flask import Flask
+
+    if isinstance(app, Flask):
+        with app.app_context():
+            report = build_report(app, ini_path, app_import_path=app_spec, scan_process=True)
+    else:
+        report = build_report(app, ini_path, app_import_path=app_spec, scan_process=True)
+    if as_json:
+        click.echo(json.dumps(report_to_json(report, strict), indent=2))
+    else:
+        color = _stdout_is_tty()
+        click.echo(render_human(report, color, strict), nl=False, color=color)
+    ctx.exit(exit_code(report, strict))
+
+
+def _served_spec(served: Any) -> str:
+    for app in served:
+        if app.module is not None:
+            return f"{app.module}:{app.callable or 'application'}"
+        if app.file is not None:
+            return f"{app.file}:{app.callable or 'application'}"
+    raise BadInput("name the app with --app MODULE:CALLABLE (no ini, or it serves none)")
+
+
+def _load(spec: str) -> object:
+    """Import ``spec`` the way uWSGI's ``module``/``wsgi-file`` would; bad input (exit 2)
+    with one line when it does not load."""
+    target, _, attr = spec.partition(":")
+    try:
+        module = _import_file(target) if target.endswith(".py") else _import_module(target)
+    except BadInput:
+        raise
+    except BaseException as exc:  # SystemExit too: an app that exits at import did not load
+        raise BadInput(f"could not load {target!r}: {type(exc).__name__}: {exc}") from None
+    return _attribute(module, attr, spec)
+
+
+def _import_module(name: str) -> ModuleType:
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `flask --app` and uWSGI's chdir do
+    return importlib.import_module(name)
+
+
+def _import_file(path: str) -> ModuleType:
+    if not os.path.isfile(path):
+        raise BadInput(f"no such file: {path}")
+    directory = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, directory)
+    name = os.path.splitext(os.path.basename(path))[0].replace(".", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise BadInput(f"cannot load {path} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _attribute(module: ModuleType, attr: str, spec: str) -> object:
+    names = [attr] if attr else ["application", "app"]
+    for name in names:
+        call = name.endswith("()")
+        found = getattr(module, name[:-2] if call else name, None)
+        if found is None:
+            continue
+        if not call:
+            return found
+        try:
+            return found()
+        except BaseException as exc:
+            raise BadInput(f"{spec}: {name} raised {type(exc).__name__}: {exc}") from None
+    raise BadInput(f"{module.__name__} has no {' or '.join(repr(n) for n in names)} ({spec})")
+
+
+@main.command(
+    "run",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def run_command(command: tuple[str, ...]) -> None:
+    """Run COMMAND with the process-wide mode on (same as dbfix-run COMMAND)."""
+    from .run import main as run
+
+    click.get_current_context().exit(run(list(command)))
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m flask_uwsgi_dbfix")
