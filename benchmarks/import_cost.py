@@ -13,7 +13,9 @@ into another.
      other_app_bare  the same other app without the package (c0): a control that tells
                  what Flask and Flask-SQLAlchemy in the process cost from what FlaskDBFix does.
    The target for import and other_app: equal to plain within noise.
-2. The same engines passed through ``register()`` (variant ``registered``), against plain
+2. The same engines passed through ``register()`` (variant ``registered``), and made while
+   the process-wide mode is on (``import flask_uwsgi_dbfix.auto``, variant ``process_wide``),
+   each against plain
    and against unregistered twins timed in turn in the same interpreter (interpreters differ
    by more than the guard costs). On a QueuePool the overhead is the pid guard on checkout
    (target <= 160 ns); on a NullPool every checkout opens a new DBAPI connection, so it is
@@ -59,7 +61,7 @@ from typing import Any
 PACKAGE = "flask_uwsgi_dbfix"
 ROOT = Path(__file__).resolve().parent.parent
 POOLS = ("NullPool", "QueuePool")
-VARIANTS = ("plain", "import", "other_app_bare", "other_app", "registered")
+VARIANTS = ("plain", "import", "other_app_bare", "other_app", "registered", "process_wide")
 LABELS = {
     "plain": "(a) plain SQLAlchemy",
     "import": "(b) import flask_uwsgi_dbfix",
@@ -68,6 +70,8 @@ LABELS = {
     "registered": "(d) register(engine)",
     "registered_in_process": "(d) vs twin, same interpreter",
     "recording": "(e) of it: the opener's line",
+    "process_wide": "(f) process-wide mode",
+    "process_wide_in_process": "(f) vs twin, same interpreter",
 }
 TARGET_NS = {"QueuePool": 160}
 """The most ``register()`` may add per checkout of a pooled connection: the guard."""
@@ -142,6 +146,14 @@ def child_timing(variant: str, tmp: str, calls: int) -> dict[str, Any]:
         no_origin = _engines(path)["NullPool"]
         package.register(no_origin, name="bench_no_origin")
         engines[f"NullPool {NO_ORIGIN}"] = no_origin
+    if variant == "process_wide":
+        from importlib import import_module
+
+        import_module(f"{PACKAGE}.auto")  # the switch: every engine made from now on
+        engines = _engines(path)
+        # Twins made with the mode off again (engines already managed stay managed).
+        import_module(f"{PACKAGE}.process_wide").switch_off()
+        engines |= {f"{name} {CONTROL}": engine for name, engine in _engines(path).items()}
     from importlib import import_module
 
     stamps = import_module(f"{PACKAGE}.stamps") if variant == "registered" else None
@@ -340,6 +352,11 @@ def time_connects(rounds: int, calls: int, tmp: str) -> dict[str, Any]:
             "ns": _spread(control),
             **_paired(samples["registered"][pool], control),
         }
+        twin = samples["process_wide"][f"{pool} {CONTROL}"]
+        summary[pool]["process_wide_in_process"] = {
+            "ns": _spread(twin),
+            **_paired(samples["process_wide"][pool], twin),
+        }
     no_origin = samples["registered"][f"NullPool {NO_ORIGIN}"]
     summary["NullPool"]["recording"] = {
         "ns": _spread(no_origin),
@@ -509,12 +526,12 @@ def _fmt(s: dict[str, float], spec: str = ".0f", sign: str = "") -> str:
 
 def _verdict(pool: str, variant: str, entry: dict[str, Any]) -> str:
     o = entry["overhead_ns"]
-    if variant == "registered":
+    if variant in ("registered", "process_wide"):
         return "across interpreters: see the next row"
-    if variant == "registered_in_process" and pool in TARGET_NS:
+    if variant.endswith("_in_process") and pool in TARGET_NS:
         met = "met" if o["median"] <= TARGET_NS[pool] else "NOT met"
         return f"<= {TARGET_NS[pool]} ns: {met}"
-    if variant == "registered_in_process":
+    if variant.endswith("_in_process"):
         return "everything per new connection (guard, listener, records): no target"
     if variant == "recording":
         met = "met" if o["median"] <= RECORDING_TARGET_NS else "NOT met"

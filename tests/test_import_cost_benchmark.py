@@ -21,6 +21,8 @@ ROWS = (
     "(c) + FlaskDBFix(other app)",
     "(d) register(engine)",
     "(d) vs twin, same interpreter",
+    "(f) process-wide mode",
+    "(f) vs twin, same interpreter",
 )
 NULLPOOL_ONLY = ("(e) of it: the opener's line",)
 
@@ -48,7 +50,14 @@ def test_import_cost_prints_every_row(tmp_path: Path) -> None:
     data = json.loads(raw.read_text())
     assert data["rounds"] == 2 and data["calls_per_round"] == 200
     for pool in POOLS:
-        for variant in ("plain", "import", "other_app_bare", "other_app", "registered"):
+        for variant in (
+            "plain",
+            "import",
+            "other_app_bare",
+            "other_app",
+            "registered",
+            "process_wide",
+        ):
             assert len(data["connect"]["samples_ns"][variant][pool]) == 2
 
 
