@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from .process import ServerProcess, start_process, venv_command
@@ -15,9 +16,11 @@ def start_celery_worker(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 90,
+    program: Sequence[str] | None = None,
 ) -> ServerProcess:
-    """``celery -A APP worker ARGS``; ready when it logs ``ready.`` (its pool is forked then)."""
-    cmd = [venv_command("celery"), "-A", app, "worker", "--without-heartbeat",
+    """``celery -A APP worker ARGS``; ready when it logs ``ready.`` (its pool is forked then).
+    ``program``: the command instead of this environment's ``celery`` (``dbfix-run celery``)."""
+    cmd = [*(program or [venv_command("celery")]), "-A", app, "worker", "--without-heartbeat",
            "--without-gossip", "--without-mingle", "--loglevel", "INFO", *args]  # fmt: skip
     return start_process(
         cmd,

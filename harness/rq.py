@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from .process import venv_command
@@ -20,10 +21,12 @@ def run_rq_burst(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 120,
+    program: Sequence[str] | None = None,
 ) -> int:
     """Run ``rq worker --burst`` until the queue is empty; its exit status. Killed (with
-    everything it forked) after ``timeout`` seconds, which raises TimeoutExpired."""
-    cmd = [venv_command("rq"), "worker", "--burst", "--url", redis_url]
+    everything it forked) after ``timeout`` seconds, which raises TimeoutExpired.
+    ``program``: the command instead of this environment's ``rq`` (``dbfix-run rq``)."""
+    cmd = [*(program or [venv_command("rq")]), "worker", "--burst", "--url", redis_url]
     if worker_class:
         cmd += ["--worker-class", worker_class]
     cmd.append(queue)
