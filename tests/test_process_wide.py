@@ -313,15 +313,27 @@ def test_uwsgi_serves_an_app_that_never_asked_with_every_engine_fixed(
         fleet.stop_all(graceful=False)
 
 
+@pytest.mark.parametrize("via", ["uwsgi import", "dbfix-run"])
 def test_uwsgi_without_fork_hooks_warns_once_naming_the_apps_line(
-    serve: StartUwsgi,
+    pg: PostgresServer, tmp_path: Path, via: str
 ) -> None:
-    server = serve(fix=False, options=SWITCH)
-    result = run_load(server.base_url, "/query", total=200, concurrency=8, deadline=90)
+    """The mode is on in the master before the app is imported: the one warning of the
+    start-up names the app's own line that opened the connection the workers inherited."""
+    args = [*app_args("tests.apps.bug_app:app", processes=4, root=ROOT)]
+    program = [str(BIN / "dbfix-run"), str(BIN / "uwsgi")] if via == "dbfix-run" else None
+    if via == "uwsgi import":
+        args += SWITCH
+    env = {"DATABASE_URL": pg.url(), "DBFIX_FIX": "0"}
+    server = start_uwsgi(args, env=env, cwd=ROOT, processes=4, log_dir=tmp_path, program=program)
+    try:
+        result = run_load(server.base_url, "/query", total=200, concurrency=8, deadline=90)
+    finally:
+        server.stop(graceful=False)
     assert_isolated(result, ["default"])
     log = server.log()
     assert log.count(WARNING_NAME) == 1, log
     assert f"bug_app.py:{marked_line('default-engine pre-fork connection')}" in log, log
+    assert pg.password not in log
 
 
 def test_uwsgi_switched_off_shows_the_bug_again(serve: StartUwsgi) -> None:
