@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 
 import click
 from flask import Flask, current_app
@@ -103,7 +104,7 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
     if current_app:
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     else:
-        app = info.load_app()
+        app = _load_app(info)
         ctx.with_resource(app.app_context())
     try:
         report = build_report(app, ini_path, app_import_path=info.app_import_path if info else None)
@@ -115,6 +116,23 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
         color = _stdout_is_tty()
         click.echo(render_human(report, color, strict), nl=False, color=color)
     ctx.exit(exit_code(report, strict))
+
+
+def _load_app(info: ScriptInfo) -> Flask:
+    """``flask --app``'s app, loaded here (after the ini was read). An app that fails to
+    load is bad input (exit 2), with its own traceback, minus this module's frame."""
+    from flask.cli import NoAppException
+
+    try:
+        return info.load_app()
+    except NoAppException as exc:
+        raise BadInput(exc.format_message()) from None
+    except Exception as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+        raise BadInput(f"the app did not load: {type(exc).__name__}: {exc}") from None
 
 
 def _stdout_is_tty() -> bool:
