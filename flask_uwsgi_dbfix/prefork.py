@@ -55,7 +55,20 @@ def close_idle_connections(engines: list[ManagedEngine]) -> list[InheritedConnec
     them); returns what was closed, per engine."""
     closed = []
     for managed in engines:
-        done = tuple(managed.close_idle())
+        try:
+            done = tuple(managed.close_idle())
+        except Exception as exc:
+            # A user's listener or the driver failed on this engine: the others must still
+            # close theirs, and the operator must hear which one kept its connections.
+            logger.warning(
+                "flask-uwsgi-dbfix: could not close the idle connections of engine %r (%s) "
+                "before forking: %s: %s",
+                managed.name,
+                masked_url(managed.engine),
+                type(exc).__name__,
+                exc,
+            )
+            continue
         if done:
             closed.append(InheritedConnections(managed.name, masked_url(managed.engine), done))
     return closed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import multiprocessing
 import os
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from flask_uwsgi_dbfix import (
@@ -85,6 +86,31 @@ def test_control_with_close_before_fork_off_the_parent_keeps_it_open(
     assert "error" not in child, child
     assert backend_alive(pg, parent_backend)
     assert backend(engine)[0] == parent_backend
+
+
+def test_one_engine_failing_to_close_leaves_the_others_closed_and_says_which(
+    pg: PostgresServer, make_engine: Callable[..., Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user's ``engine_disposed`` listener raises on the first engine: the second still
+    closes its idle connection before the fork, and a WARNING names the first."""
+    failing, fine = make_engine(), make_engine()
+    register(failing, name="failing")
+    register(fine, name="fine")
+
+    def boom(engine: Engine) -> None:
+        raise RuntimeError("a user's listener failed")
+
+    event.listen(failing, "engine_disposed", boom)
+    _, _ = backend(failing)
+    fine_backend, _ = backend(fine)
+    with caplog.at_level(logging.WARNING, logger="flask_uwsgi_dbfix"):
+        child = in_child(lambda: {"backend": backend(fine)})
+    assert "error" not in child, child
+    assert not backend_alive(pg, fine_backend), "the second engine kept its idle connection"
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("'failing'" in m and "a user's listener failed" in m for m in warned), warned
+    assert all(pg.password not in m for m in warned)
+    event.remove(failing, "engine_disposed", boom)
 
 
 def child_uses_held_session(session: Any, engine: Engine) -> dict[str, Any]:
