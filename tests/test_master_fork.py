@@ -101,16 +101,18 @@ def test_one_engine_failing_to_close_leaves_the_others_closed_and_says_which(
         raise RuntimeError("a user's listener failed")
 
     event.listen(failing, "engine_disposed", boom)
-    _, _ = backend(failing)
-    fine_backend, _ = backend(fine)
-    with caplog.at_level(logging.WARNING, logger="flask_uwsgi_dbfix"):
-        child = in_child(lambda: {"backend": backend(fine)})
+    try:
+        _, _ = backend(failing)
+        fine_backend, _ = backend(fine)
+        with caplog.at_level(logging.WARNING, logger="flask_uwsgi_dbfix"):
+            child = in_child(lambda: {"backend": backend(fine)})
+    finally:
+        event.remove(failing, "engine_disposed", boom)  # the fixture disposes it
     assert "error" not in child, child
     assert not backend_alive(pg, fine_backend), "the second engine kept its idle connection"
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("'failing'" in m and "a user's listener failed" in m for m in warned), warned
     assert all(pg.password not in m for m in warned)
-    event.remove(failing, "engine_disposed", boom)
 
 
 def child_uses_held_session(session: Any, engine: Engine) -> dict[str, Any]:
