@@ -8,6 +8,7 @@ managed or not.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -62,31 +63,52 @@ def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, str
     from .check.uwsgi_ini import IniError, settings_from_ini
     from .stamps import record_every_pool
 
+    out = sys.stdout  # the report's stream, whatever the app does to sys.stdout
     try:
         ini, _ = resolve_ini(ini_path)
     except IniError as exc:
         raise BadInput(str(exc)) from None
     if app_spec is None:
         app_spec = _served_spec(settings_from_ini(ini).served if ini is not None else ())
+    if ini is not None:  # paths first: the ini's chdir changes what relative ones mean
+        ini_path = os.path.abspath(ini.path if ini_path is None else ini_path)
+        _enter_ini_paths(ini)
     record_every_pool()  # before the app loads: its connections are named
     if ini_switches_process_wide(ini):
         from .process_wide import switch_on
 
         switch_on()
-    app = _load(app_spec)
     from flask import Flask
 
-    if isinstance(app, Flask):
-        with app.app_context():
-            report = build_report(app, ini_path, app_import_path=app_spec, scan_process=True)
-    else:
-        report = build_report(app, ini_path, app_import_path=app_spec, scan_process=True)
+    # What the app prints while it loads goes to stderr: stdout is the report (--json).
+    with contextlib.redirect_stdout(sys.stderr):
+        app = _load(app_spec)
+        command = "python -m flask_uwsgi_dbfix check"
+        with app.app_context() if isinstance(app, Flask) else contextlib.nullcontext():
+            report = build_report(
+                app, ini_path, app_import_path=app_spec, scan_process=True, command=command
+            )
     if as_json:
-        click.echo(json.dumps(report_to_json(report, strict), indent=2))
+        click.echo(json.dumps(report_to_json(report, strict), indent=2), file=out)
     else:
         color = _stdout_is_tty()
-        click.echo(render_human(report, color, strict), nl=False, color=color)
+        click.echo(render_human(report, color, strict), nl=False, color=color, file=out)
     ctx.exit(exit_code(report, strict))
+
+
+def _enter_ini_paths(ini: Any) -> None:
+    """What uWSGI does before it imports the app: ``chdir`` (relative to the ini's
+    directory, as the audit reads it) and every ``pythonpath`` first on ``sys.path``."""
+    chdir = ini.last("chdir")
+    if chdir is not None and chdir.value:
+        target = os.path.join(os.path.dirname(ini.path), chdir.value)
+        try:
+            os.chdir(target)
+        except OSError as exc:
+            raise BadInput(f"chdir = {chdir.value}: {exc.strerror}") from None
+    for option in reversed(ini.all("pythonpath", "python-path", "pp")):
+        if option.value:
+            sys.path.insert(0, os.path.abspath(option.value))
 
 
 def _served_spec(served: Any) -> str:
@@ -94,7 +116,7 @@ def _served_spec(served: Any) -> str:
         if app.module is not None:
             return f"{app.module}:{app.callable or 'application'}"
         if app.file is not None:
-            return f"{app.file}:{app.callable or 'application'}"
+            return f"{os.path.abspath(app.file)}:{app.callable or 'application'}"
     raise BadInput("name the app with --app MODULE:CALLABLE (no ini, or it serves none)")
 
 

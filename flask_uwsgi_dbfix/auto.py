@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import sys
 
-from .process_wide import SwitchError, requested, switch_on
+from .process_wide import SwitchError, environ_now, requested, switch_on
 
 
 def _switch_on_unless_off() -> None:
     try:
-        wanted = requested()
+        wanted = requested(environ_now())
     except SwitchError as exc:
         print(f"flask-uwsgi-dbfix: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

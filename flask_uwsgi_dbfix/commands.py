@@ -10,6 +10,7 @@ import; the diagnosis (:mod:`flask_uwsgi_dbfix.check`) is imported only then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -101,20 +102,23 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
 
         switch_on()
     info = ctx.ensure_object(ScriptInfo)
-    if current_app:
-        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    else:
-        app = _load_app(info)
-        ctx.with_resource(app.app_context())
-    try:
-        report = build_report(app, ini_path, app_import_path=info.app_import_path if info else None)
-    except IniError as exc:
-        raise BadInput(str(exc)) from None
+    out = sys.stdout  # the report's stream, whatever the app does to sys.stdout
+    # What the app prints while it loads goes to stderr: stdout is the report (--json).
+    with contextlib.redirect_stdout(sys.stderr):
+        if current_app:
+            app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        else:
+            app = _load_app(info)
+            ctx.with_resource(app.app_context())
+        try:
+            report = build_report(app, ini_path, app_import_path=info.app_import_path)
+        except IniError as exc:
+            raise BadInput(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(report_to_json(report, strict), indent=2))
+        click.echo(json.dumps(report_to_json(report, strict), indent=2), file=out)
     else:
         color = _stdout_is_tty()
-        click.echo(render_human(report, color, strict), nl=False, color=color)
+        click.echo(render_human(report, color, strict), nl=False, color=color, file=out)
     ctx.exit(exit_code(report, strict))
 
 

@@ -28,7 +28,15 @@ if TYPE_CHECKING:
 
 from .config import _FALSE, _TRUE
 
-__all__ = ["ENV_VAR", "SwitchError", "is_on", "requested", "switch_off", "switch_on"]
+__all__ = [
+    "ENV_VAR",
+    "SwitchError",
+    "environ_now",
+    "is_on",
+    "requested",
+    "switch_off",
+    "switch_on",
+]
 
 ENV_VAR = "FLASK_UWSGI_DBFIX"
 """``on`` (what ``dbfix-run`` sets) or ``off`` (keeps the mode off in this process)."""
@@ -54,6 +62,24 @@ def requested(environ: Mapping[str, str] = os.environ, *, default: bool = True) 
     if word in _FALSE:
         return False
     raise SwitchError(f"{ENV_VAR}={raw!r} is not a value flask-uwsgi-dbfix knows: use {ACCEPTED}")
+
+
+def environ_now() -> dict[str, str]:
+    """``{FLASK_UWSGI_DBFIX: value}`` as the process has it now. uWSGI applies an ini's
+    ``env =`` lines to the C environment; when Python started first (pyuwsgi), its
+    ``os.environ``, copied at start-up, never sees them. The C environment is the truth."""
+    value = os.environ.get(ENV_VAR)
+    try:
+        import ctypes
+
+        getenv = ctypes.CDLL(None).getenv
+        getenv.restype = ctypes.c_char_p
+        raw = getenv(ENV_VAR.encode())
+    except Exception:  # no ctypes, no libc symbol: Python's copy is all there is
+        raw = None
+    if raw is not None:
+        value = raw.decode(errors="replace")
+    return {} if value is None else {ENV_VAR: value}
 
 
 class _State:

@@ -282,6 +282,25 @@ def test_py_call_osafterfork_on_python_313_is_an_error_recommending_fork_hooks(
         assert "py-call-uwsgi-fork-hooks = true" in finding["fix"]
 
 
+def test_fork_hooks_with_a_mounted_app_are_an_error_and_never_advised(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    """uWSGI 2.0.30 segfaults at start-up with mount + py-call-uwsgi-fork-hooks (measured
+    with a hello-world app): the check says so, and never suggests the option for a
+    mounted app."""
+    mounted = GOOD_INI + "mount = /=tests.cli_apps.factory:app\n"
+    data = run_json(
+        make_app(), "--ini", str(ini(tmp_path, mounted + "py-call-uwsgi-fork-hooks = true\n"))
+    )
+    (finding,) = [f for f in data["findings"] if f["code"] == "py-call-uwsgi-fork-hooks"]
+    assert finding["severity"] == "error"
+    assert "segfaults" in finding["message"] and "module =" in finding["fix"]
+    assert data["verdict"]["exit_code"] == 1
+    plain = run_json(make_app(query=True), "--ini", str(ini(tmp_path, mounted)))
+    (prefork,) = [f for f in plain["findings"] if f["code"] == "prefork-connection"]
+    assert "py-call-uwsgi-fork-hooks" not in prefork["fix"]
+
+
 def test_fork_hooks_let_the_master_close_idle_connections_itself(
     make_app: MakeApp, tmp_path: Path
 ) -> None:

@@ -336,10 +336,16 @@ def test_uwsgi_without_fork_hooks_warns_once_naming_the_apps_line(
     assert pg.password not in log
 
 
-def test_uwsgi_switched_off_shows_the_bug_again(serve: StartUwsgi) -> None:
+@pytest.mark.parametrize("where", ["environment", "uwsgi env option"])
+def test_uwsgi_switched_off_shows_the_bug_again(serve: StartUwsgi, where: str) -> None:
     """The control: the same line with FLASK_UWSGI_DBFIX=off, and workers start on the
-    master's connection."""
-    server = serve(fix=False, options=SWITCH, env={"FLASK_UWSGI_DBFIX": "off"})
+    master's connection. uWSGI's own ``env`` option (an ini's ``env =`` line) counts too:
+    pyuwsgi applies it after Python started, where only the C environment has it."""
+    off = {"FLASK_UWSGI_DBFIX": "off"}
+    if where == "environment":
+        server = serve(fix=False, options=SWITCH, env=off)
+    else:
+        server = serve(fix=False, options=(*SWITCH, "--env", "FLASK_UWSGI_DBFIX=off"))
     firsts = first_queries(server, workers=4)
     assert len(firsts) >= 2, "load did not reach two workers"
     for body in firsts.values():
@@ -347,11 +353,16 @@ def test_uwsgi_switched_off_shows_the_bug_again(serve: StartUwsgi) -> None:
         assert first.get("backend") == body["import"]["default"] or "error" in first, first
 
 
+@pytest.mark.parametrize("where", ["environment", "uwsgi env option"])
 def test_uwsgi_with_a_misspelt_value_stops_before_forking(
-    pg: PostgresServer, tmp_path: Path
+    pg: PostgresServer, tmp_path: Path, where: str
 ) -> None:
     args = [*app_args("tests.apps.bug_app:app", processes=4, root=ROOT), *SWITCH]
-    env = {"DATABASE_URL": pg.url(), "DBFIX_FIX": "0", "FLASK_UWSGI_DBFIX": "onn"}
+    env = {"DATABASE_URL": pg.url(), "DBFIX_FIX": "0"}
+    if where == "environment":
+        env["FLASK_UWSGI_DBFIX"] = "onn"
+    else:
+        args = ["--env", "FLASK_UWSGI_DBFIX=onn", *args]
     status, log = run_uwsgi_to_exit(args, log_path=tmp_path / "uwsgi.log", env=env, cwd=ROOT)
     assert status != 0
     assert "FLASK_UWSGI_DBFIX='onn'" in log and "on, off" in log
@@ -456,6 +467,10 @@ def test_flask_dbfix_check_sees_the_mode_in_the_ini(
     assert done.returncode == code, done.stdout + done.stderr
     assert finding in done.stdout
     assert pg.password not in done.stdout + done.stderr
+    if "=off" in extra:  # it says why, rather than ask for the line the ini already has
+        text = " ".join(done.stdout.split())
+        assert "the process-wide mode is switched off" in text, done.stdout
+        assert "add `import = flask_uwsgi_dbfix.auto`" not in text
     if code == 0:
         data = json.loads(
             check(
@@ -548,3 +563,61 @@ def test_python_m_check_bad_input_is_one_line_and_exit_2(
     done = check(sys.executable, "-m", "flask_uwsgi_dbfix", "check", *args, DATABASE_URL=pg.url())
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+PRINTING_APP = """
+import os
+import sys
+
+import settings  # found through the ini's pythonpath
+import sqlalchemy as sa
+
+print("banner: the app prints while it loads")
+sys.stdout = sys.stderr  # a common wsgi-file habit
+engine = sa.create_engine(os.environ["DATABASE_URL"])
+with engine.connect() as conn:
+    conn.execute(sa.text(settings.QUERY)).scalar()
+
+
+def application(environ, start_response):
+    start_response("200 OK", [])
+    return [b"ok"]
+"""
+
+
+def test_python_m_check_follows_the_inis_chdir_and_pythonpath_and_keeps_stdout_for_the_report(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """An app laid out as deployments do (the ini elsewhere, ``chdir`` to the code, a
+    settings module on ``pythonpath``) that prints while it loads and replaces sys.stdout:
+    the check loads it as uWSGI would, and ``--json`` on stdout still parses."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "code" / "printing_wsgi.py").write_text(PRINTING_APP)
+    (tmp_path / "conf" / "settings.py").write_text("QUERY = 'SELECT 1'\n")
+    ini_path = tmp_path / "deploy" / "uwsgi.ini"
+    ini_path.write_text(
+        GOOD_INI + "chdir = ../code\npythonpath = ../conf\nmodule = printing_wsgi:application\n"
+    )
+    done = check(
+        sys.executable, "-m", "flask_uwsgi_dbfix", "check", "--ini", str(ini_path), "--json",
+        DATABASE_URL=pg.url(),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    data = json.loads(done.stdout)
+    assert "banner: the app prints while it loads" in done.stderr
+    assert data["prefork_connections"][0]["origin"]["file"].endswith("printing_wsgi.py")
+    assert data["app"]["import_path"] == "printing_wsgi:application"
+
+
+def test_flask_dbfix_check_json_parses_when_the_app_prints_while_it_loads(
+    pg: PostgresServer,
+) -> None:
+    done = check(
+        str(FLASK), "--app", "tests.cli_apps.import_query_app", "dbfix", "check", "--json",
+        DATABASE_URL=pg.url(), PRINT_AT_IMPORT="1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["verdict"]["status"] == "pass"
+    assert "import_query_app says hello" in done.stderr

@@ -73,20 +73,23 @@ def ini_switches_process_wide(ini: UwsgiIni | None) -> bool:
     return ini is not None and _ini_process_wide(settings_from_ini(ini))[0]
 
 
-def _ini_process_wide(settings: UwsgiSettings) -> tuple[bool, str | None]:
-    """(on, the switch's error) for the ini's import line and ``FLASK_UWSGI_DBFIX``."""
+def _ini_process_wide(settings: UwsgiSettings) -> tuple[bool, str | None, str | None]:
+    """(on, the switch's error, where it is switched off) for the ini's import line and
+    ``FLASK_UWSGI_DBFIX`` (the ini's ``env =`` wins over this environment, as in uWSGI)."""
     if settings.process_wide is None:
-        return False, None
+        return False, None, None
     env_line = settings.process_wide_env
     if env_line is not None:
-        environ = {ENV_VAR: (env_line.value or "").partition("=")[2]}
-        where = f"{short_path(env_line.file)}:{env_line.lineno}: "
+        value = (env_line.value or "").partition("=")[2]
+        where = f"{short_path(env_line.file)}:{env_line.lineno}: env = {ENV_VAR}={value}"
     else:
-        environ, where = dict(os.environ), "this environment: "
+        value = os.environ.get(ENV_VAR, "")
+        where = f"{ENV_VAR}={value} in this environment"
     try:
-        return requested(environ), None
+        on = requested({ENV_VAR: value})
     except SwitchError as exc:
-        return False, where + str(exc)
+        return False, f"{where}: {exc}", None
+    return on, None, None if on else where
 
 
 def build_report(
@@ -96,6 +99,7 @@ def build_report(
     app_import_path: str | None = None,
     default_ini: str | os.PathLike[str] = DEFAULT_INI,
     scan_process: bool = False,
+    command: str = "flask dbfix check",
 ) -> CheckReport:
     """Inspect ``app`` as loaded in this process and the uWSGI ini that will serve it.
 
@@ -109,7 +113,7 @@ def build_report(
     ini, ini_source = resolve_ini(ini_path, default_ini)
     engines, prefork = _inspect_engines(app, scan_process)
     uwsgi = _uwsgi_report(ini, app, app_import_path) if ini is not None else None
-    process_wide, switch_error = _process_wide(uwsgi)
+    process_wide, switch_error, switched_off = _process_wide(uwsgi)
     config = _config(app)
     flask_app = isinstance(app, Flask)
     report = CheckReport(
@@ -123,21 +127,25 @@ def build_report(
         ini_source=ini_source,
         process_wide=process_wide,
         process_wide_error=switch_error,
+        process_wide_off=switched_off,
+        command=command,
         flask_app=flask_app,
         extension_initialised=config is not None,
     )
     return dataclasses.replace(report, findings=find(report))
 
 
-def _process_wide(uwsgi: UwsgiReport | None) -> tuple[str | None, str | None]:
-    """(how the process-wide mode is on, or ``None``; what is wrong with its switch)."""
-    on, error = _ini_process_wide(uwsgi.settings) if uwsgi is not None else (False, None)
+def _process_wide(uwsgi: UwsgiReport | None) -> tuple[str | None, str | None, str | None]:
+    """(how the process-wide mode is on, or ``None``; what is wrong with its switch; where
+    it is switched off)."""
+    on, error, off = _ini_process_wide(uwsgi.settings) if uwsgi is not None else (False, None, None)
     if on and uwsgi is not None and uwsgi.settings.process_wide is not None:
         line = uwsgi.settings.process_wide
-        return f"{short_path(line.file)}:{line.lineno}: {line.key} = {AUTO_MODULE}", error
+        return f"{short_path(line.file)}:{line.lineno}: {line.key} = {AUTO_MODULE}", error, off
     if "flask_uwsgi_dbfix.process_wide" in sys.modules and process_wide_is_on():
-        return "switched on in this process (dbfix-run, or an import of " + AUTO_MODULE + ")", error
-    return None, error
+        live = "switched on in this process (dbfix-run, or an import of " + AUTO_MODULE + ")"
+        return live, error, off
+    return None, error, off
 
 
 # -- the app's engines -----------------------------------------------------------------

@@ -163,8 +163,7 @@ def _unresolved_json(u: Unresolved) -> dict[str, Any]:
 def render_human(report: CheckReport, color: bool = False, strict: bool = False) -> str:
     """A short report for an 80-column terminal; ANSI colour only when ``color``."""
     out = _Writer(color)
-    command = "flask dbfix check" if report.flask_app else "flask-uwsgi-dbfix check"
-    out.line(out.bold(f"{command}: app '{report.app_name}' (pid {report.pid})"))
+    out.line(out.bold(f"{report.command}: app '{report.app_name}' (pid {report.pid})"))
     if report.process_wide is not None:
         out.wrapped(f"process-wide mode on: {report.process_wide}", 2, "  ")
     _render_engines(out, report)

@@ -122,6 +122,11 @@ class CheckReport:
     """How the process-wide mode is on (the ini line, or this process); ``None``: off."""
     process_wide_error: str | None = None
     """A ``FLASK_UWSGI_DBFIX`` value that is neither on nor off (uWSGI would stop)."""
+    process_wide_off: str | None = None
+    """Where the ini's import line is switched off (``file:line: env = ...`` or the
+    environment)."""
+    command: str = "flask dbfix check"
+    """How the report names the command that made it."""
     flask_app: bool = True
     """False for another WSGI app (``python -m flask_uwsgi_dbfix check``)."""
     extension_initialised: bool = True

@@ -16,6 +16,9 @@ from sqlalchemy import text
 
 from flask_uwsgi_dbfix import FlaskDBFix
 
+if os.environ.get("PRINT_AT_IMPORT") == "1":  # apps print banners while they load
+    print("import_query_app says hello")
+
 app = Flask(__name__)
 app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
 app.config["SQLALCHEMY_TRACK_MODIFICATIONS"] = False  # Flask-SQLAlchemy 2.x warns if unset

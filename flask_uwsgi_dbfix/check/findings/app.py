@@ -75,7 +75,14 @@ def prefork_connections(report: CheckReport) -> list[Finding]:
             "start-up work is done."
         )
         if severity != "info" and not held and _fork_hooks_would_help(report):
-            fix += " " + _FORK_HOOKS_FIX
+            # An app under the process-wide mode is usually one you cannot edit: the ini
+            # line comes first then.
+            fix = (
+                "Set" + _FORK_HOOKS_FIX.removeprefix("Or set") + " Or, if you can change the "
+                "app: " + fix[0].lower() + fix[1:]
+                if report.process_wide is not None
+                else fix + " " + _FORK_HOOKS_FIX
+            )
         found.append(
             Finding(
                 "prefork-connection",
@@ -152,6 +159,9 @@ def fix_disabled(report: CheckReport) -> list[Finding]:
         f"or, without changing the app's code, add `import = {AUTO_MODULE}` to the uWSGI "
         "ini (or start the server under dbfix-run)."
     )
+    if report.process_wide_off is not None:
+        what += f" (the process-wide mode is switched off: {report.process_wide_off})"
+        switch = f"or remove {report.process_wide_off.split(': ')[-1]}."
     if not report.flask_app:
         fix = f"Call flask_uwsgi_dbfix.register(engine) for each engine, {switch}"
     elif config is None:
@@ -197,10 +207,12 @@ def _master_closes(report: CheckReport, engine: str, checked_out: bool) -> bool:
 
 
 def _fork_hooks_would_help(report: CheckReport) -> bool:
-    """Only the extension closes the master's connections before forking."""
+    """Only the extension closes the master's connections before forking (and uWSGI 2.0.30
+    crashes with the option when the app is mounted)."""
     uwsgi, config = report.uwsgi, report.config
     on = config is not None and config.enabled and config.close_before_fork
-    return on and (uwsgi is None or not uwsgi.settings.py_call_uwsgi_fork_hooks)
+    mounted = uwsgi is not None and any(a.option == "mount" for a in uwsgi.settings.served)
+    return on and not mounted and (uwsgi is None or not uwsgi.settings.py_call_uwsgi_fork_hooks)
 
 
 def _prefork_consequence(report: CheckReport, forks: bool | None) -> str:

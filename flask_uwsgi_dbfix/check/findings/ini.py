@@ -135,11 +135,34 @@ def py_call_osafterfork(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding
     ]
 
 
+def mounts_crash_with_fork_hooks(uwsgi: UwsgiReport) -> bool:
+    """uWSGI 2.0.30 (pyuwsgi) segfaults at start-up, before it serves anything, with
+    ``mount`` and ``py-call-uwsgi-fork-hooks`` together (measured with a hello-world app;
+    ``module =`` with the same option works)."""
+    return bool(uwsgi.settings.py_call_uwsgi_fork_hooks) and any(
+        a.option == "mount" for a in uwsgi.settings.served
+    )
+
+
 @about_the_ini
 def py_call_uwsgi_fork_hooks(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
     """``py-call-uwsgi-fork-hooks``: the master closes idle connections before forking."""
     if not uwsgi.settings.py_call_uwsgi_fork_hooks:
         return []
+    where = _ini_location(uwsgi.ini, "py-call-uwsgi-fork-hooks")
+    if mounts_crash_with_fork_hooks(uwsgi):
+        return [
+            Finding(
+                "py-call-uwsgi-fork-hooks",
+                "error",
+                "py-call-uwsgi-fork-hooks is on and the app is loaded with mount: uWSGI "
+                "2.0.30 segfaults at start-up with both (measured, even for a hello-world "
+                "app), before it serves a request.",
+                "Load the app with module = (or wsgi-file =) instead of mount, or remove "
+                "py-call-uwsgi-fork-hooks.",
+                where,
+            )
+        ]
     config = report.config
     if config is not None and config.enabled and config.close_before_fork:
         effect = "where the extension closes its idle connections (DBFIX_CLOSE_BEFORE_FORK)"
@@ -152,7 +175,7 @@ def py_call_uwsgi_fork_hooks(report: CheckReport, uwsgi: UwsgiReport) -> list[Fi
             "py-call-uwsgi-fork-hooks is on: the master runs os.register_at_fork hooks "
             f"before each worker fork, {effect}, and workers run their after-fork hooks.",
             None,
-            _ini_location(uwsgi.ini, "py-call-uwsgi-fork-hooks"),
+            where,
         )
     ]
 
