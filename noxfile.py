@@ -47,11 +47,9 @@ FORK_TESTS = [
     "tests/test_extension.py",
     "tests/test_prefork_warning.py",
     "tests/test_inert.py",
-    # The process-wide mode's fresh-interpreter forks (the whole file, with uWSGI, gunicorn
-    # and the check, runs in the locked leg; CI's time is the limit).
+    # The process-wide mode's fresh-interpreter fork probe (the whole file, with its controls,
+    # uWSGI, gunicorn and the check, runs in the locked leg; CI's time is the limit).
     "tests/test_process_wide.py::test_every_engine_of_an_app_that_never_asked_is_fork_safe",
-    "tests/test_process_wide.py::test_control_without_the_mode_the_child_uses_the_parents_backends",
-    "tests/test_process_wide.py::test_with_flaskdbfix_too_each_engine_is_managed_once_and_named_by_the_app",
 ]
 # The versions of these lines in uv.lock (SQLAlchemy 2.0 for Python 3.10 and for the 2.0 legs).
 LOCKED_SQLALCHEMY = {"2.0": "2.0.58", "2.1": "2.1.9"}

@@ -2,8 +2,8 @@
 under real servers without touching their code (tests/test_real_apps.py).
 
 An app's pins conflict with ours, so each gets its own virtualenv, cached across runs under
-``.cache/real-apps/<app>-<version>/`` and made with the uv that ``scripts/setup.sh`` installs,
-on the base interpreter of ``.venv`` (never a downloaded one). This checkout's package is
+``~/.cache/flask-uwsgi-dbfix/real-apps/<app>-<version>/``, made with the uv that
+``scripts/setup.sh`` installs on the base interpreter of ``.venv`` (never a downloaded one). This checkout's package is
 installed there too, and reinstalled whenever its source changes. Also here: what a test
 needs to see, from outside, whether a worker holds the master's database socket.
 """
@@ -33,7 +33,13 @@ from sqlalchemy.engine import URL
 from .postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / ".cache" / "real-apps"
+CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "flask-uwsgi-dbfix"
+    / "real-apps"
+)
+"""Beside setup.sh's uv, outside the checkout: a fresh clone (CI's) reuses the app's
+virtualenv, and only reinstalls this package there when its source differs."""
 PACKAGE = "flask-uwsgi-dbfix"
 SETUP = ROOT / "scripts" / "setup.sh"
 INSTALL_TIMEOUT = 300.0
@@ -182,7 +188,7 @@ def _locked(path: Path, deadline: float) -> Iterator[None]:
 
 
 def app_venv(spec: AppSpec, *, timeout: float = INSTALL_TIMEOUT) -> AppVenv:
-    """The app's virtualenv, made on first use and kept under .cache/real-apps/<app>-<version>/;
+    """The app's virtualenv, made on first use and kept in :data:`CACHE`;
     this checkout's package is reinstalled there whenever its source changed. Raises
     :class:`InstallFailed` (the installer's last line) when it cannot be made, and
     RuntimeError if the installed package is not this checkout's source."""

@@ -7,8 +7,9 @@ served as their docs say, their code untouched: the one deployment line is the w
   creates and populates its tables; served by uWSGI from its paste ini (``--ini-paste``), as
   its deployment docs say, and by ``gunicorn --preload --paste``.
 
-Each app lives in a virtualenv of its own (harness.real_apps, cached in .cache/real-apps/);
-when that cannot be made (no network, the app stopped installing) the tests skip, naming
+Each app lives in a virtualenv of its own (harness.real_apps, cached in
+~/.cache/flask-uwsgi-dbfix/real-apps/); when that cannot be made (no network, the app stopped
+installing) the tests skip, naming
 the installer's last line. Without the switch, every worker holds the master's database
 socket (the same inode in /proc) and runs queries on the master's session; with it, no
 request fails, no worker touches the master's session, and with fork hooks the master keeps
