@@ -3,9 +3,10 @@ under real servers without touching their code (tests/test_real_apps.py).
 
 An app's pins conflict with ours, so each gets its own virtualenv, cached across runs under
 ``~/.cache/flask-uwsgi-dbfix/real-apps/<app>-<version>/``, made with the uv that
-``scripts/setup.sh`` installs on the base interpreter of ``.venv`` (never a downloaded one). This checkout's package is
-installed there too, and reinstalled whenever its source changes. Also here: what a test
-needs to see, from outside, whether a worker holds the master's database socket.
+``scripts/setup.sh`` installs on the base interpreter of ``.venv`` (never a downloaded one).
+This checkout's package is installed there too, and reinstalled whenever its source
+changes. Also here: what a test needs to see, from outside, whether a worker holds the
+master's database socket.
 """
 
 from __future__ import annotations
