@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -45,6 +46,16 @@ _SLOW_MODULES = frozenset(
         "test_quality.py",
     }
 )
+
+
+@pytest.fixture(autouse=True)
+def a_fresh_parent_warns_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent warns once per process about what its children inherit; every test is
+    a fresh parent, whatever ran before it in this pytest process (the suite passes in any
+    order). Imports nothing: a test that never loaded the package leaves it unloaded."""
+    hooks = sys.modules.get("flask_uwsgi_dbfix.forkhooks")
+    if hooks is not None:
+        monkeypatch.setattr(hooks._hooks, "parent_warned", False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
