@@ -8,6 +8,7 @@ managed or not.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import importlib
 import importlib.util
@@ -15,12 +16,15 @@ import json
 import os
 import sys
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .commands import BadInput, _OneLineErrorCommand, _stdout_is_tty
 from .config import DEFAULT_INI
+
+if TYPE_CHECKING:
+    from .check.uwsgi_ini import UwsgiIni
 
 __all__ = ["main"]
 
@@ -40,9 +44,9 @@ def main() -> None:
 @click.option(
     "--app",
     "app_spec",
-    metavar="MODULE[:CALLABLE]|FILE.py",
+    metavar="MODULE[:CALLABLE]|FILE.py|paste:INI",
     help="The app to load (default: the one the ini serves); CALLABLE defaults to "
-    "'application', as in uWSGI; 'factory()' calls it.",
+    "'application', as in uWSGI; 'factory()' calls it; paste:INI loads a PasteDeploy ini.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (for CI).")
@@ -69,7 +73,9 @@ def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, str
     except IniError as exc:
         raise BadInput(str(exc)) from None
     if app_spec is None:
-        app_spec = _served_spec(settings_from_ini(ini).served if ini is not None else ())
+        served = settings_from_ini(ini).served if ini is not None else ()
+        app_spec = _paste_spec(ini) if ini is not None and not served else None
+        app_spec = app_spec or _served_spec(served)
     if ini is not None:  # paths first: the ini's chdir changes what relative ones mean
         ini_path = os.path.abspath(ini.path if ini_path is None else ini_path)
         _enter_ini_paths(ini)
@@ -96,7 +102,7 @@ def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, str
     ctx.exit(exit_code(report, strict))
 
 
-def _enter_ini_paths(ini: Any) -> None:
+def _enter_ini_paths(ini: UwsgiIni) -> None:
     """What uWSGI does before it imports the app: ``chdir`` (relative to the ini's
     directory, as the audit reads it) and every ``pythonpath`` first on ``sys.path``."""
     chdir = ini.last("chdir")
@@ -120,9 +126,47 @@ def _served_spec(served: Any) -> str:
     raise BadInput("name the app with --app MODULE:CALLABLE (no ini, or it serves none)")
 
 
+PASTE = "paste:"
+"""``--app paste:PATH``: a PasteDeploy ini's app (Pyramid's ``uwsgi --ini-paste x.ini``)."""
+
+
+def _paste_spec(ini: UwsgiIni) -> str | None:
+    """``paste:PATH`` when the ini serves a PasteDeploy app: uWSGI's ``paste = config:PATH``,
+    or (``uwsgi --ini-paste``) an ``[app:main]`` section in the same file."""
+    option = ini.last("paste")
+    if option is not None and option.value and option.value.startswith("config:"):
+        path = option.value.removeprefix("config:")
+        return PASTE + os.path.abspath(os.path.join(os.path.dirname(ini.path), path))
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(ini.path, encoding="utf-8")
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return None
+    mains = ("app:main", "pipeline:main", "composite:main")
+    return PASTE + os.path.abspath(ini.path) if any(parser.has_section(m) for m in mains) else None
+
+
+def _load_paste(path: str) -> object:
+    try:
+        from paste.deploy import loadapp  # type: ignore[import-not-found]
+    except ImportError:
+        raise BadInput(f"{path} is a PasteDeploy ini: install PasteDeploy to load it") from None
+    return loadapp("config:" + os.path.abspath(path))
+
+
 def _load(spec: str) -> object:
-    """Import ``spec`` the way uWSGI's ``module``/``wsgi-file`` would; bad input (exit 2)
-    with one line when it does not load."""
+    """Import ``spec`` the way uWSGI's ``module``/``wsgi-file``/``paste`` would; bad input
+    (exit 2) with one line when it does not load."""
+    if spec.startswith(PASTE):
+        path = spec.removeprefix(PASTE)
+        if not os.path.isfile(path):
+            raise BadInput(f"no such file: {path}")
+        try:
+            return _load_paste(path)
+        except BadInput:
+            raise
+        except BaseException as exc:
+            raise BadInput(f"could not load {path}: {type(exc).__name__}: {exc}") from None
     target, _, attr = spec.partition(":")
     try:
         module = _import_file(target) if target.endswith(".py") else _import_module(target)

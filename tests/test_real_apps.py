@@ -378,3 +378,30 @@ def test_gunicorn_preload_under_dbfix_run(kotti: RealApp, serve: Serve) -> None:
     )
     assert masters_backends == []
     assert kotti.pg.password not in served.log()
+
+
+# -- the check, on the app that is not a Flask app -----------------------------------------------
+
+
+@pytest.mark.parametrize("switch", [False, True], ids=["without the switch", "with the switch"])
+def test_python_m_check_reads_kottis_paste_ini(
+    kotti: RealApp, tmp_path: Path, switch: bool
+) -> None:
+    """``python -m flask_uwsgi_dbfix check --ini kotti.ini`` in the app's own environment:
+    it loads the PasteDeploy app the ini serves (``uwsgi --ini-paste``), names the line
+    that opened the connection the workers would inherit, and knows the ini's import line."""
+    ini = _kotti_ini(kotti, tmp_path, ["import = flask_uwsgi_dbfix.auto"] if switch else [])
+    done = subprocess.run(
+        [str(kotti.venv.python), "-m", "flask_uwsgi_dbfix", "check", "--ini", str(ini)],
+        env={**os.environ, **kotti.env}, cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = " ".join(done.stdout.split())
+    assert f"{kotti.opener_line()} in " in out, done.stdout + done.stderr[-3000:]
+    if switch:
+        assert done.returncode == 0, done.stdout
+        assert "INFO process-wide The process-wide mode is on" in out
+    else:
+        assert done.returncode == 1, done.stdout
+        assert "ERROR prefork-connection" in out and "ERROR fix-disabled" in out
+    assert kotti.pg.password not in done.stdout + done.stderr
