@@ -12,7 +12,6 @@ import configparser
 import contextlib
 import importlib
 import importlib.util
-import json
 import os
 import sys
 from types import ModuleType
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .commands import BadInput, _OneLineErrorCommand, _stdout_is_tty
+from .commands import BadInput, _OneLineErrorCommand, print_report
 from .config import DEFAULT_INI
 
 if TYPE_CHECKING:
@@ -62,8 +61,6 @@ def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, str
         click.echo("this platform cannot fork: no worker can inherit a connection")
         ctx.exit(0)
     from .check.inspection import build_report, ini_switches_process_wide, resolve_ini
-    from .check.output import render_human, report_to_json
-    from .check.report import exit_code
     from .check.uwsgi_ini import IniError, settings_from_ini
     from .stamps import record_every_pool
 
@@ -94,12 +91,7 @@ def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, str
             report = build_report(
                 app, ini_path, app_import_path=app_spec, scan_process=True, command=command
             )
-    if as_json:
-        click.echo(json.dumps(report_to_json(report, strict), indent=2), file=out)
-    else:
-        color = _stdout_is_tty()
-        click.echo(render_human(report, color, strict), nl=False, color=color, file=out)
-    ctx.exit(exit_code(report, strict))
+    ctx.exit(print_report(report, out, as_json=as_json, strict=strict))
 
 
 def _enter_ini_paths(ini: UwsgiIni) -> None:

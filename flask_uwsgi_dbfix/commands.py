@@ -15,12 +15,16 @@ import json
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING, TextIO
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
 from .config import DEFAULT_INI
+
+if TYPE_CHECKING:
+    from .check.report import CheckReport
 
 __all__ = ["BadInput", "dbfix_cli"]
 
@@ -73,8 +77,8 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
     Exit status: 0 nothing to fix, 1 errors (or warnings with --strict), 2 bad input.
     """
     ctx = click.get_current_context()
-    from .check import build_report, exit_code
-    from .check.output import SCHEMA_VERSION, render_human, report_to_json
+    from .check import build_report
+    from .check.output import SCHEMA_VERSION
     from .check.uwsgi_ini import IniError, read_ini
 
     if not hasattr(os, "fork"):
@@ -114,12 +118,21 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
             report = build_report(app, ini_path, app_import_path=info.app_import_path)
         except IniError as exc:
             raise BadInput(str(exc)) from None
+    ctx.exit(print_report(report, out, as_json=as_json, strict=strict))
+
+
+def print_report(report: CheckReport, out: TextIO, *, as_json: bool, strict: bool) -> int:
+    """The report on ``out``, the report's own stream (JSON, or for people: coloured only
+    for a terminal); returns the exit code."""
+    from .check import exit_code
+    from .check.output import render_human, report_to_json
+
     if as_json:
         click.echo(json.dumps(report_to_json(report, strict), indent=2), file=out)
     else:
-        color = _stdout_is_tty()
+        color = _is_tty(out)
         click.echo(render_human(report, color, strict), nl=False, color=color, file=out)
-    ctx.exit(exit_code(report, strict))
+    return exit_code(report, strict)
 
 
 def _load_app(info: ScriptInfo) -> Flask:
@@ -139,9 +152,9 @@ def _load_app(info: ScriptInfo) -> Flask:
         raise BadInput(f"the app did not load: {type(exc).__name__}: {exc}") from None
 
 
-def _stdout_is_tty() -> bool:
+def _is_tty(stream: TextIO) -> bool:
     """Colour only for a terminal: piped or captured output stays plain text."""
-    # sys.stdout, not click.get_text_stream() (deprecated in Click 8.5): under the test
-    # runner it is the captured stream, which is not a terminal.
-    isatty = getattr(sys.stdout, "isatty", None)
+    # The stream itself, not click.get_text_stream() (deprecated in Click 8.5): under the
+    # test runner it is the captured stream, which is not a terminal.
+    isatty = getattr(stream, "isatty", None)
     return bool(isatty is not None and isatty())

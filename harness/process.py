@@ -101,8 +101,8 @@ def start_process(
     return server
 
 
-def local_tcp_ports(pid: int) -> set[int]:
-    """Local ports of the TCP sockets process ``pid`` holds (from /proc; Linux only)."""
+def socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process ``pid`` holds open (from /proc; Linux only)."""
     inodes = set()
     with contextlib.suppress(OSError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -110,11 +110,24 @@ def local_tcp_ports(pid: int) -> set[int]:
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
-    ports = set()
+    return inodes
+
+
+def tcp_sockets() -> list[tuple[str, int, int]]:
+    """(inode, local port, remote port) of every TCP socket on this host (/proc/net)."""
+    found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for row in Path(table).read_text().splitlines()[1:]:
                 fields = row.split()
-                if len(fields) > 9 and fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+                if len(fields) > 9:
+                    local = int(fields[1].rsplit(":", 1)[1], 16)
+                    remote = int(fields[2].rsplit(":", 1)[1], 16)
+                    found.append((fields[9], local, remote))
+    return found
+
+
+def local_tcp_ports(pid: int) -> set[int]:
+    """Local ports of the TCP sockets process ``pid`` holds (from /proc; Linux only)."""
+    inodes = socket_inodes(pid)
+    return {local for inode, local, _ in tcp_sockets() if inode in inodes}

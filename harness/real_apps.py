@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from .postgres import PostgresServer
+from .process import socket_inodes, tcp_sockets
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = (
@@ -231,32 +232,14 @@ def app_venv(spec: AppSpec, *, timeout: float = INSTALL_TIMEOUT) -> AppVenv:
 # -- what the workers hold ----------------------------------------------------------------------
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    return inodes
-
-
 def _tcp_to_port(port: int) -> dict[str, int]:
     """inode -> local port of every TCP socket on this host connected to remote ``port``."""
-    found = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                fields = row.split()
-                if len(fields) > 9 and int(fields[2].rsplit(":", 1)[1], 16) == port:
-                    found[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
-    return found
+    return {inode: local for inode, local, remote in tcp_sockets() if remote == port}
 
 
 def db_sockets(pid: int, db_port: int) -> set[str]:
     """Inodes of the sockets process ``pid`` holds that are connected to ``db_port``."""
-    return _socket_inodes(pid) & set(_tcp_to_port(db_port))
+    return socket_inodes(pid) & set(_tcp_to_port(db_port))
 
 
 @dataclass

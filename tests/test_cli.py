@@ -694,7 +694,7 @@ def test_human_output_fits_80_columns_and_has_no_colour_off_a_tty(
 
 def test_colour_only_on_a_tty(make_app: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
     app = make_app(query=True, enabled=False)
-    monkeypatch.setattr(commands, "_stdout_is_tty", lambda: True)
+    monkeypatch.setattr(commands, "_is_tty", lambda stream: True)
     coloured = run(app).stdout
     assert ANSI.search(coloured)
     assert "\x1b[31m" in coloured  # errors in red

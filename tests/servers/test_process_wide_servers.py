@@ -9,7 +9,6 @@ from pathlib import Path
 
 from redis import Redis
 from rq import Queue
-from rq.job import Job
 
 from harness.celery import start_celery_worker
 from harness.postgres import PostgresServer
@@ -17,9 +16,9 @@ from harness.redis import RedisServer
 from harness.rq import run_rq_burst
 
 from .conftest import ROOT, WARNING_NAME, app_env
-from .evidence import driver_error, gather
+from .evidence import gather
 from .test_celery import TASKS, run_tasks
-from .test_rq import APP_WORKER, JOBS
+from .test_rq import APP_WORKER, JOBS, job_results
 
 BIN = Path(sys.executable).parent
 
@@ -65,14 +64,7 @@ def test_rq_worker_under_dbfix_run(pg: PostgresServer, redis: RedisServer, tmp_p
             cwd=ROOT,
             program=[str(BIN / "dbfix-run"), str(BIN / "rq")],
         )
-        results, errors = [], []
-        for job in Job.fetch_many(ids, connection=conn):
-            if job is not None and job.is_finished:
-                results.append(job.return_value())
-            else:
-                result = job.latest_result() if job is not None else None
-                text = (result.exc_string or "") if result is not None else ""
-                errors.append(driver_error(text) if text else "job not run")
+        results, errors = job_results(ids, conn)
     log = (tmp_path / "rq.log").read_text(errors="replace")
     assert status == 0, log[-3000:]
     found = gather(results + [{"error": e} for e in errors], results[0]["import"])

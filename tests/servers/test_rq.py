@@ -60,18 +60,24 @@ def rq_run(
                     env=app_env(pg, fix, **(KEEP_MASTER_CONNECTIONS if keep else {})),
                     cwd=ROOT,
                 )
-                results, errors = [], []
-                for job in Job.fetch_many(ids, connection=conn):
-                    if job is not None and job.is_finished:
-                        results.append(job.return_value())
-                    else:
-                        result = job.latest_result() if job is not None else None
-                        text = (result.exc_string or "") if result is not None else ""
-                        errors.append(driver_error(text) if text else "job not run")
+                results, errors = job_results(ids, conn)
             runs[key] = RqRun(results, errors, status, log_path.read_text(errors="replace"))
         return runs[key]
 
     return run
+
+
+def job_results(ids: list[str], conn: Redis) -> tuple[list[dict[str, Any]], list[str]]:
+    """(what the finished jobs returned, why each other one did not finish)."""
+    results, errors = [], []
+    for job in Job.fetch_many(ids, connection=conn):
+        if job is not None and job.is_finished:
+            results.append(job.return_value())
+        else:
+            result = job.latest_result() if job is not None else None
+            text = (result.exc_string or "") if result is not None else ""
+            errors.append(driver_error(text) if text else "job not run")
+    return results, errors
 
 
 @FIX
