@@ -369,20 +369,28 @@ def test_uwsgi_with_a_misspelt_value_stops_before_forking(
     assert not re.search(r"spawned uWSGI worker", log), log
 
 
-def test_gunicorn_preload_under_dbfix_run(pg: PostgresServer, tmp_path: Path) -> None:
-    """gunicorn --preload, the app without FlaskDBFix: the arbiter closes what it opened
-    before forking, every worker has its own backend, no failed request."""
+@pytest.mark.parametrize("via", ["dbfix-run", "gunicorn.conf.py"])
+def test_gunicorn_preload_under_the_mode(pg: PostgresServer, tmp_path: Path, via: str) -> None:
+    """gunicorn --preload, the app without FlaskDBFix, the mode on by ``dbfix-run`` or by
+    ``import flask_uwsgi_dbfix.auto`` in gunicorn's config file (the arbiter runs it before
+    it loads the app): the arbiter closes what it opened before forking, every worker has
+    its own backend, no failed request."""
     if not (BIN / "gunicorn").is_file():
         pytest.skip("no gunicorn in this environment (a matrix leg without the test extra)")
     env = {"DATABASE_URL": pg.url(), "DBFIX_FIX": "0"}
+    args, program = ["--preload"], [str(BIN / "dbfix-run"), str(BIN / "gunicorn")]
+    if via == "gunicorn.conf.py":
+        conf = tmp_path / "gunicorn.conf.py"
+        conf.write_text("import flask_uwsgi_dbfix.auto  # noqa: F401\n")
+        args, program = ["--preload", "--config", str(conf)], [str(BIN / "gunicorn")]
     server = start_gunicorn(
         "tests.servers.apps.web:app",
-        ["--preload"],
+        args,
         workers=4,
         log_dir=tmp_path,
         env=env,
         cwd=ROOT,
-        program=[str(BIN / "dbfix-run"), str(BIN / "gunicorn")],
+        program=program,
     )
     try:
         result = run_load(server.base_url, "/query", total=300, concurrency=8, deadline=90)
