@@ -3,8 +3,9 @@
     python scripts/matrix_report.py versions OUT.json
         record the versions this interpreter runs with (called inside each leg)
     python scripts/matrix_report.py table [--check-readme README.md | --write-readme README.md]
-        print one table of every leg in .matrix/; check (or rewrite) README.md's
-        "Supported versions" table, which lists what the pinned legs really ran
+        print one table of every leg in .matrix/ and the locked suite's slowest tests;
+        check (or rewrite) README.md's "Supported versions" table, which lists what the
+        pinned legs really ran
 
 Exit status of ``table``: 0, or 1 when a leg failed, ran no test, or README.md is stale.
 """
@@ -69,6 +70,19 @@ def print_table(rows: list[dict[str, object]]) -> None:
         print("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
 
 
+def print_slowest(junit: Path, count: int = 12) -> None:
+    """The slowest tests of one leg, with the total: where CI's time went (on a loaded
+    machine too), shown in the last lines CI prints."""
+    cases = [
+        (float(c.get("time", 0)), f"{c.get('classname', '')}::{c.get('name', '')}")
+        for c in ET.parse(junit).iter("testcase")
+    ]
+    total = sum(t for t, _ in cases)
+    print(f"\nslowest tests of {junit.stem} ({len(cases)} tests, {total:.0f} s in tests):")
+    for seconds, name in sorted(cases, reverse=True)[:count]:
+        print(f"  {seconds:7.1f} s  {name}")
+
+
 def readme_table(rows: list[dict[str, object]]) -> str:
     """Per dependency, the versions the pinned legs ran, each proven by a green leg."""
     pinned = [r for r in rows if r["leg"] not in UNPINNED_LEGS and r["ok"]]
@@ -99,6 +113,9 @@ def main(argv: list[str]) -> int:
         print("matrix: no leg ran (.matrix/ is empty)", file=sys.stderr)
         return 1
     print_table(rows)
+    locked = MATRIX_DIR / "locked.xml"
+    if locked.exists():
+        print_slowest(locked)
     status = 0 if all(r["ok"] for r in rows) else 1
     sessions = MATRIX_DIR / "sessions.tsv"
     if sessions.exists():

@@ -117,7 +117,7 @@ def test_password_is_never_printed(pg: PostgresServer) -> None:
         root = url_file.parent
         log = (root / "postgres.log").read_text()
         proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=20)
+        rest, _ = proc.communicate(timeout=90)  # pg_ctl stop waits up to 30 s, then SIGKILL
     output = "".join(printed) + rest
     assert "***" in printed[0] and "stopped" in rest
     assert len(password) >= 12
