@@ -115,14 +115,14 @@ def fork(session: nox.Session, sqlalchemy: str, driver: str) -> None:
 def newest(session: nox.Session) -> None:
     """No lock: the newest release of every dependency, as a new user gets them today."""
     session.install("--resolution=highest", "-e", ".[test]")
-    _pytest(session, "newest", *FORK_TESTS, "tests/test_cli.py")
+    _pytest(session, "newest", *FORK_TESTS, "tests/test_cli.py", "tests/test_unmanaged.py")
 
 
 @nox.session(python="3.11")
 def legacy(session: nox.Session) -> None:
     """Flask 2.2 + Flask-SQLAlchemy 2.5 + SQLAlchemy 1.4: the stack many affected apps run."""
     session.install("-e", ".", "-r", "constraints/legacy.txt")
-    _pytest(session, "legacy", *FORK_TESTS, "tests/test_cli.py")
+    _pytest(session, "legacy", *FORK_TESTS, "tests/test_cli.py", "tests/test_unmanaged.py")
 
 
 @nox.session(python=WHEEL_LEG[0])

@@ -115,7 +115,11 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
             app = _load_app(info)
             ctx.with_resource(app.app_context())
         try:
-            report = build_report(app, ini_path, app_import_path=info.app_import_path)
+            # Every engine holding a connection counts, managed or not: an app's own
+            # create_engine() inherits as badly (what assert_fork_safe finds too).
+            report = build_report(
+                app, ini_path, app_import_path=info.app_import_path, scan_process=True
+            )
         except IniError as exc:
             raise BadInput(str(exc)) from None
     ctx.exit(print_report(report, out, as_json=as_json, strict=strict))

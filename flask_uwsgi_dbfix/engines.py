@@ -43,6 +43,7 @@ __all__ = [
     "add_app",
     "all_engines",
     "app_engines",
+    "covers_nothing",
     "is_managed",
     "is_process_local",
     "manage_process_wide",
@@ -414,6 +415,17 @@ def app_engines(app: Flask) -> list[ManagedEngine]:
     own = [m for m in managed if m.app is app]
     own.sort(key=lambda m: (m.name != DEFAULT_BIND_NAME, m.name))
     return own + [m for m in managed if m.app is None and m.source != "flask-sqlalchemy"]
+
+
+def covers_nothing() -> bool:
+    """``FlaskDBFix`` is on for some app of this process, yet it manages no live engine:
+    the app keeps its engines itself (``create_engine()``), or has none."""
+    with _lock:
+        if not _apps:
+            return False
+    if is_pending():
+        adopt_app_engines()
+    return not all_engines()
 
 
 def owner_of(app: Flask) -> int | None:

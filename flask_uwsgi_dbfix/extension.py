@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from flask import Flask
@@ -11,11 +10,11 @@ from sqlalchemy.engine import Engine
 from . import _compat, engines, forkhooks
 from .commands import dbfix_cli
 from .config import PREFIX, DBFixConfig, read_config
+from .logs import logger
 
 __all__ = ["EXTENSION_NAME", "DBFixState", "FlaskDBFix", "register"]
 
 EXTENSION_NAME = "dbfix"
-logger = logging.getLogger("flask_uwsgi_dbfix")
 _said_no_fork = False
 
 
@@ -33,7 +32,7 @@ def _platform_forks() -> bool:
         return True
     if not _said_no_fork:
         _said_no_fork = True
-        logger.info(
+        logger().info(
             "flask-uwsgi-dbfix: this platform has no os.fork(): no worker can inherit a "
             "connection, so there is nothing to protect and the extension does nothing here"
         )

@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import child, engines
+from .logs import logger
+from .masking import masked_url
 from .prefork import (
     InheritedConnections,
     close_idle_connections,
+    emit,
     emit_warning,
     format_closed,
+    format_uncovered,
     inherited_connections,
     open_in,
 )
@@ -38,8 +42,6 @@ __all__ = [
     "probe_fork",
     "uwsgi_hook_status",
 ]
-
-logger = logging.getLogger("flask_uwsgi_dbfix")
 
 
 class _StartupToken:
@@ -77,6 +79,8 @@ class _Hooks:
     probing: bool = False
     """``assert_fork_safe``'s fork is under way: look, do not act."""
     parent_warned: bool = False
+    uncovered_checked: bool = False
+    """The parent looked once for engines the extension does not cover (one heap walk)."""
     reported_by_parent: bool = False
     """Set by the before-fork hook; the child reads its copy: the parent spoke for it."""
     forked: bool = False
@@ -114,13 +118,13 @@ def forget_inherited_connections() -> list[InheritedConnections]:
     try:  # read before forgetting; a failure here must not stop the forgetting
         found = inherited_connections([m for m in managed if m.prefork_warning], pid)
     except Exception:
-        logger.exception("flask-uwsgi-dbfix: could not list inherited connections")
+        logger().exception("flask-uwsgi-dbfix: could not list inherited connections")
         found = []
     for m in managed:
         try:  # one engine's failure (e.g. a user's dispose listener) must not spare the rest
             child.forget_inherited(m, pid)
         except Exception:
-            logger.exception("flask-uwsgi-dbfix: could not reset engine %r", m.name)
+            logger().exception("flask-uwsgi-dbfix: could not reset engine %r", m.name)
     return found
 
 
@@ -134,8 +138,11 @@ def on_uwsgi_postfork() -> None:
         token = _hooks.startup_token
         if found and token is not None and token.take():
             emit_warning(found)
+        elif not found and token is not None and engines.covers_nothing() and token.take():
+            # Only the first worker of a start-up looks (one heap walk, in one worker).
+            _warn_uncovered()
     except Exception:
-        logger.exception("flask-uwsgi-dbfix: post-fork hook failed")
+        logger().exception("flask-uwsgi-dbfix: post-fork hook failed")
 
 
 def _after_fork_in_child() -> None:
@@ -143,12 +150,12 @@ def _after_fork_in_child() -> None:
     try:
         found = forget_inherited_connections()
     except Exception:
-        logger.exception("flask-uwsgi-dbfix: after-fork hook failed")
+        logger().exception("flask-uwsgi-dbfix: after-fork hook failed")
         return
     if found and _hooks.startup_token is not None:
         _hooks.inherited.extend(found)  # under uWSGI: the post-fork hook will warn about these
     elif found:
-        logger.log(
+        logger().log(
             logging.DEBUG if _hooks.reported_by_parent else logging.INFO,
             "flask-uwsgi-dbfix: forked child %d dropped %d inherited connection(s)",
             os.getpid(),
@@ -179,12 +186,12 @@ def before_fork() -> None:
     # Another thread may hold the registry's lock (it may even wait for this fork): give
     # up closing rather than hang the fork; the children still forget what they inherit.
     if not engines.lock_for_fork():
-        logger.debug("flask-uwsgi-dbfix: before fork: registry busy, nothing closed")
+        logger().debug("flask-uwsgi-dbfix: before fork: registry busy, nothing closed")
         return
     try:
         _close_and_warn()
     except Exception:
-        logger.debug("flask-uwsgi-dbfix: before-fork hook failed", exc_info=True)
+        logger().debug("flask-uwsgi-dbfix: before-fork hook failed", exc_info=True)
     finally:
         engines.unlock_after_fork()
 
@@ -195,11 +202,15 @@ def _close_and_warn() -> None:
         engines.adopt_app_engines()
     mine = [m for m in engines.all_engines() if m.owner_pid == pid]
     if not mine:
+        if _hooks.startup_token is None and not _hooks.uncovered_checked:
+            _hooks.uncovered_checked = True  # once per parent, at its first fork
+            if engines.covers_nothing():
+                _hooks.parent_warned = _warn_uncovered()
         return
     closed = close_idle_connections([m for m in mine if m.close_before_fork])
     if closed:
-        logger.info("%s", format_closed(closed))
-    logger.debug("flask-uwsgi-dbfix: before fork in %d: closed %d engine(s)", pid, len(closed))
+        logger().info("%s", format_closed(closed))
+    logger().debug("flask-uwsgi-dbfix: before fork in %d: closed %d engine(s)", pid, len(closed))
     _hooks.reported_by_parent = True
     if _hooks.startup_token is not None or _hooks.parent_warned:
         return  # under uWSGI the first worker warns, with the same message
@@ -209,7 +220,24 @@ def _close_and_warn() -> None:
         try:
             emit_warning(left, uwsgi=False)
         except Exception as exc:  # a warnings filter turned it into an error
-            logger.warning("%s", exc)
+            logger().warning("%s", exc)
+
+
+def _warn_uncovered() -> bool:
+    """Warn if engines the extension does not manage hold connections a fork hands on
+    (``FlaskDBFix(app)`` on an app that keeps its own engine); True if it warned."""
+    from .unmanaged import connected_unmanaged_engines
+
+    found = [
+        InheritedConnections(u.name, masked_url(u.engine), u.connections)
+        for u in connected_unmanaged_engines()
+    ]
+    if found:
+        try:
+            emit(format_uncovered(found), found)
+        except Exception as exc:  # a warnings filter turned it into an error
+            logger().warning("%s", exc)
+    return bool(found)
 
 
 def _in_uwsgi_worker() -> bool:

@@ -9,14 +9,19 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .engines import ManagedEngine, OpenedConnection
+from .logs import logger
 from .masking import masked_url
 from .stamps import UNKNOWN_ORIGIN
 
-logger = logging.getLogger("flask_uwsgi_dbfix")
 
+class PreForkConnectionWarning(RuntimeWarning):
+    """Workers inherited database connections that the master opened before forking.
 
-class PreForkConnectionWarning(UserWarning):
-    """Workers inherited database connections that the master opened before forking."""
+    A :class:`RuntimeWarning`, not a :class:`UserWarning`: apps silence the latter
+    wholesale (``warnings.simplefilter("ignore", UserWarning)``) to hide their libraries'
+    noise, and this is the one line the operator must see. Filters that name it (or
+    ``RuntimeWarning``, or every warning) still apply.
+    """
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ def close_idle_connections(engines: list[ManagedEngine]) -> list[InheritedConnec
         except Exception as exc:
             # A user's listener or the driver failed on this engine: the others must still
             # close theirs, and the operator must hear which one kept its connections.
-            logger.warning(
+            logger().warning(
                 "flask-uwsgi-dbfix: could not close the idle connections of engine %r (%s) "
                 "before forking: %s: %s",
                 managed.name,
@@ -123,18 +128,50 @@ def format_warning(found: list[InheritedConnections], uwsgi: bool = True) -> str
     return "\n".join(lines)
 
 
+def format_uncovered(found: list[InheritedConnections]) -> str:
+    """The warning for an app whose ``FlaskDBFix`` manages no engine while engines it
+    does not manage handed connections to the forked workers."""
+    total = sum(len(f.connections) for f in found)
+    lines = [
+        "flask-uwsgi-dbfix: FlaskDBFix manages no engine in this process, but "
+        f"{total} database connection(s) of engines it does not manage were open when the "
+        "process forked its workers: every worker shares them (expect 'SSL error: "
+        "decryption failed or bad record mac' and similar errors)."
+    ]
+    _describe(found, lines, state=False)
+    paths = [f.name for f in found if "." in f.name]
+    target = paths[0] if len(paths) == 1 and len(found) == 1 else "engine"
+    lines.append(
+        f"  To cover them: call flask_uwsgi_dbfix.register({target}) once the engine is "
+        "created, or switch on the process-wide mode without changing the code "
+        "(uWSGI: import = flask_uwsgi_dbfix.auto; other servers: start them under dbfix-run)."
+    )
+    return "\n".join(lines)
+
+
 def emit_warning(found: list[InheritedConnections], uwsgi: bool = True) -> None:
+    """Warn with :class:`PreForkConnectionWarning` about ``found``, one copy."""
+    emit(format_warning(found, uwsgi), found)
+
+
+def emit(message: str, found: list[InheritedConnections]) -> None:
     """Warn with :class:`PreForkConnectionWarning`, one copy.
 
-    Warning filters always apply (``ignore``, ``error``). Where Python would print it
-    on stderr and the app has configured logging (``logging.basicConfig``), it is
-    printed through logging instead, in the app's log format; otherwise it goes
-    wherever warnings go (``logging.captureWarnings``, pytest, a custom display).
+    Warning filters apply (``ignore``, ``error``) when they name this category, a parent
+    of it or every warning. Where Python would print it on stderr, or where
+    ``logging.captureWarnings`` would hand it to a logger that a logging config
+    disabled, and the app has configured logging, it is printed through the package's
+    logger, in the app's log format; otherwise it goes wherever warnings go (pytest, a
+    custom display, stderr).
     """
-    message = format_warning(found, uwsgi)
     origin = next((c.origin for f in found for c in f.connections if c.origin), None)
+    log = logger()
     with warnings.catch_warnings():
-        if _default_display() and logger.hasHandlers() and logger.isEnabledFor(logging.WARNING):
+        if (
+            (_default_display() or _captured_into_disabled_logger())
+            and log.hasHandlers()
+            and log.isEnabledFor(logging.WARNING)
+        ):
             warnings.showwarning = _log_warning
         if origin is None:
             warnings.warn(message, PreForkConnectionWarning, stacklevel=2)
@@ -156,6 +193,13 @@ def _default_display() -> bool:
     )
 
 
+def _captured_into_disabled_logger() -> bool:
+    """``logging.captureWarnings(True)``, then a logging config disabled ``py.warnings``:
+    the warning would be dropped without a trace."""
+    captured = warnings.showwarning is getattr(logging, "_showwarning", None)
+    return captured and logging.getLogger("py.warnings").disabled
+
+
 def _log_warning(
     message: Warning | str,
     category: type[Warning],
@@ -164,4 +208,4 @@ def _log_warning(
     file: object = None,
     line: str | None = None,
 ) -> None:
-    logger.warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+    logger().warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)

@@ -16,7 +16,6 @@ are found once, among live objects, if SQLAlchemy was imported already.
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import sys
 import threading
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 from .config import _FALSE, _TRUE
+from .logs import logger
 
 __all__ = [
     "ENV_VAR",
@@ -41,8 +41,6 @@ __all__ = [
 ENV_VAR = "FLASK_UWSGI_DBFIX"
 """``on`` (what ``dbfix-run`` sets) or ``off`` (keeps the mode off in this process)."""
 ACCEPTED = "on, off (or 1/0, true/false, yes/no)"
-
-logger = logging.getLogger("flask_uwsgi_dbfix")
 
 
 class SwitchError(ValueError):
@@ -105,7 +103,7 @@ def switch_on() -> bool:
     try:
         from . import _compat, engines, forkhooks
     except ImportError as exc:  # no SQLAlchemy in this environment: nothing to protect
-        logger.info("flask-uwsgi-dbfix: process-wide mode not switched on: %s", exc)
+        logger().info("flask-uwsgi-dbfix: process-wide mode not switched on: %s", exc)
         return False
     with _state.lock:
         if _state.undo is not None:
@@ -115,7 +113,7 @@ def switch_on() -> bool:
     if had_sqlalchemy:
         _adopt_existing(engines.manage_process_wide)
     forkhooks.install()
-    logger.debug("flask-uwsgi-dbfix: process-wide mode on in %d", os.getpid())
+    logger().debug("flask-uwsgi-dbfix: process-wide mode on in %d", os.getpid())
     return True
 
 
@@ -137,7 +135,7 @@ def _on_engine_created(engine: object) -> None:
         # uWSGI hook is installed now that the app is being loaded inside uWSGI.
         forkhooks.install()
     except Exception:
-        logger.exception("flask-uwsgi-dbfix: could not manage a new engine")
+        logger().exception("flask-uwsgi-dbfix: could not manage a new engine")
 
 
 def _adopt_existing(manage: Callable[[Engine], object]) -> None:

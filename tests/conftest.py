@@ -56,6 +56,7 @@ def a_fresh_parent_warns_again(monkeypatch: pytest.MonkeyPatch) -> None:
     hooks = sys.modules.get("flask_uwsgi_dbfix.forkhooks")
     if hooks is not None:
         monkeypatch.setattr(hooks._hooks, "parent_warned", False)
+        monkeypatch.setattr(hooks._hooks, "uncovered_checked", False)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

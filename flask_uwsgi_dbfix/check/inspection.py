@@ -9,7 +9,6 @@ both into findings; it never opens a connection itself.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import sys
 from types import ModuleType
@@ -32,6 +31,7 @@ from ..engines import (
 from ..masking import masked_url
 from ..process_wide import ENV_VAR, SwitchError, requested
 from ..process_wide import is_on as process_wide_is_on
+from ..unmanaged import UNMANAGED, connected_unmanaged_engines
 from .findings import find
 from .report import (
     DEFAULT_INI,
@@ -178,24 +178,29 @@ def _inspect_engines(
         engines.append(described)
         url = described.url
         prefork += [PreforkConnection(m.name, url, c.pid, c.checked_out, c.origin) for c in opened]
-    known = {id(m.engine) for m in managed}
-    if scan_process:
-        found = [e for e in gc.get_objects() if type(e) is Engine]
-        unmanaged += [
-            (f"unmanaged-{n}" if n > 1 else "unmanaged", e) for n, e in enumerate(found, 1)
-        ]
-    for name, engine in unmanaged:
-        if id(engine) in known or is_process_local(engine) or is_managed(engine):
+    known = {id(m.engine.pool) for m in managed}
+    for name, engine in unmanaged:  # the app's Flask-SQLAlchemy engines, FlaskDBFix or not
+        if id(engine.pool) in known or is_process_local(engine) or is_managed(engine):
             continue
-        known.add(id(engine))
+        known.add(id(engine.pool))
         opened = pool_connections(engine)
-        source = "unmanaged" if name.startswith("unmanaged") else "flask-sqlalchemy"
-        if source == "unmanaged" and not opened:
-            continue  # an engine nobody connected: nothing to inherit, nothing to say
-        described = _engine_report(name, source, engine, len(opened), False)
+        described = _engine_report(name, "flask-sqlalchemy", engine, len(opened), False)
         engines.append(described)
         url = described.url
         prefork += [PreforkConnection(name, url, c.pid, c.checked_out, c.origin) for c in opened]
+    if scan_process:  # every other engine holding connections, as assert_fork_safe finds them
+        for found in connected_unmanaged_engines():
+            if id(found.engine.pool) in known:
+                continue
+            described = _engine_report(
+                found.name, UNMANAGED, found.engine, len(found.connections), False
+            )
+            engines.append(described)
+            url = described.url
+            prefork += [
+                PreforkConnection(found.name, url, c.pid, c.checked_out, c.origin)
+                for c in found.connections
+            ]
     return tuple(engines), tuple(prefork)
 
 

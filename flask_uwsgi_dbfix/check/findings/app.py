@@ -15,6 +15,7 @@ __all__ = [
 ]
 
 AUTO_MODULE = "flask_uwsgi_dbfix.auto"
+UNMANAGED = "unmanaged"  # the source of an engine found among the process's objects
 
 _FORK_HOOKS_FIX = (
     "Or set py-call-uwsgi-fork-hooks = true in the uWSGI ini (uWSGI 2.0.21+): the "
@@ -69,12 +70,15 @@ def prefork_connections(report: CheckReport) -> list[Finding]:
             )
             continue
         severity = _prefork_severity(report, engine, forks)
+        managed = _is_managed(report, engine)
         fix = (
             "Open no connection while the app is created (move the query into a "
             "request handler or a CLI command), or call engine.dispose() once that "
             "start-up work is done."
         )
-        if severity != "info" and not held and _fork_hooks_would_help(report):
+        if not managed and _is_unmanaged_extra(report, engine):
+            fix = _manage_fix(engine) + " Or: " + fix[0].lower() + fix[1:]
+        elif severity != "info" and not held and _fork_hooks_would_help(report):
             # An app under the process-wide mode is usually one you cannot edit: the ini
             # line comes first then.
             fix = (
@@ -87,7 +91,7 @@ def prefork_connections(report: CheckReport) -> list[Finding]:
             Finding(
                 "prefork-connection",
                 severity,
-                opened + _prefork_consequence(report, forks),
+                opened + _prefork_consequence(report, forks, managed),
                 fix,
                 location,
             )
@@ -142,13 +146,16 @@ def fix_disabled(report: CheckReport) -> list[Finding]:
     config = report.config
     if report.process_wide is not None or (config is not None and config.enabled):
         return []
+    if report.engines and all(e.managed for e in report.engines):
+        return []  # register() covers every engine there is
     if not report.flask_app:
         what = "No engine of this app is managed by flask-uwsgi-dbfix"
     elif config is None:
         what = "FlaskDBFix is not initialised on this app"
     else:
         what = "The fix is disabled (DBFIX_ENABLED=False)"
-    inherits = bool(report.prefork) and _forks(report) is not False
+    unmanaged = [c for c in report.prefork if not _is_managed(report, c.engine)]
+    inherits = bool(unmanaged) and _forks(report) is not False
     if inherits:
         now = ", and this app has some."
     elif report.prefork:
@@ -162,7 +169,10 @@ def fix_disabled(report: CheckReport) -> list[Finding]:
     if report.process_wide_off is not None:
         what += f" (the process-wide mode is switched off: {report.process_wide_off})"
         switch = f"or remove {report.process_wide_off.split(': ')[-1]}."
-    if not report.flask_app:
+    no_fsa = not any(e.source == "flask-sqlalchemy" for e in report.engines)
+    if report.flask_app and config is None and no_fsa and report.engines:
+        what += " (and it would find no Flask-SQLAlchemy engine to manage)"
+    if not report.flask_app or (config is None and no_fsa and report.engines):
         fix = f"Call flask_uwsgi_dbfix.register(engine) for each engine, {switch}"
     elif config is None:
         fix = f"Call FlaskDBFix(app), {switch}"
@@ -188,8 +198,7 @@ def _prefork_severity(report: CheckReport, engine: str, forks: bool | None) -> S
     drop its copy of a managed engine's connections, leaving a wasted idle one."""
     if forks is False:
         return "info"
-    managed = any(e.name == engine and e.managed for e in report.engines)
-    return "warning" if managed or forks is None else "error"
+    return "warning" if _is_managed(report, engine) or forks is None else "error"
 
 
 def _master_closes(report: CheckReport, engine: str, checked_out: bool) -> bool:
@@ -215,13 +224,33 @@ def _fork_hooks_would_help(report: CheckReport) -> bool:
     return on and not mounted and (uwsgi is None or not uwsgi.settings.py_call_uwsgi_fork_hooks)
 
 
-def _prefork_consequence(report: CheckReport, forks: bool | None) -> str:
+def _is_managed(report: CheckReport, engine: str) -> bool:
+    return any(e.name == engine and e.managed for e in report.engines)
+
+
+def _is_unmanaged_extra(report: CheckReport, engine: str) -> bool:
+    """Found among the process's objects: neither the app's Flask-SQLAlchemy engine nor
+    one the package manages."""
+    return any(e.name == engine and e.source == UNMANAGED for e in report.engines)
+
+
+def _manage_fix(engine: str) -> str:
+    """How to have the package manage an engine the app keeps itself."""
+    target = "engine" if engine.startswith(UNMANAGED) else engine
+    return (
+        f"Call flask_uwsgi_dbfix.register({target}) once it is created, or, "
+        f"without changing the app's code, add `import = {AUTO_MODULE}` to the uWSGI ini "
+        "(or start the server under dbfix-run): the process-wide mode manages every engine."
+    )
+
+
+def _prefork_consequence(report: CheckReport, forks: bool | None, managed: bool) -> str:
     if forks is False:
         reason = report.uwsgi.fork_reason if report.uwsgi else ""
         return f"Harmless with this config ({reason})."
     if forks is None:
         return "Could not tell whether uWSGI forks with it."
-    if report.config is not None and report.config.enabled:
+    if managed:
         return (
             "Every worker inherits the socket; the fix makes each worker drop its copy, "
             "but the master keeps a server connection open for nothing."
