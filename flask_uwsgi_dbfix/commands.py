@@ -34,6 +34,11 @@ class BadInput(click.ClickException):
 
     exit_code = 2
 
+    def format_message(self) -> str:
+        from .masking import mask_passwords  # here: loading the group imports no SQLAlchemy
+
+        return mask_passwords(super().format_message())
+
 
 class _OneLineErrorCommand(click.Command):
     """Usage errors (unknown option, missing value) as one line too, exit status 2."""

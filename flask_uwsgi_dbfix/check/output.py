@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..config import DBFixConfig
-from ..masking import mask_passwords
+from ..masking import mask_passwords, mask_tree
 from ..stamps import CodeLocation
 from .report import (
     AppMatch,
@@ -40,7 +40,7 @@ _SEVERITY_COLOR = {"error": "red", "warning": "yellow", "info": "cyan"}
 def report_to_json(report: CheckReport, strict: bool = False) -> dict[str, Any]:
     """The ``--json`` object; its schema is documented in README.md (version 1)."""
     code = exit_code(report, strict)
-    return {
+    found: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "app": {
             "name": report.app_name,
@@ -62,6 +62,8 @@ def report_to_json(report: CheckReport, strict: bool = False) -> dict[str, Any]:
             "infos": report.count("info"),
         },
     }
+    # Every string, whatever field it is in (an ini's env line, a mountpoint, a spec).
+    return dict(mask_tree(found))
 
 
 def _extension_json(config: DBFixConfig | None, initialised: bool) -> dict[str, Any]:
@@ -171,7 +173,7 @@ def render_human(report: CheckReport, color: bool = False, strict: bool = False)
     _render_uwsgi(out, report)
     _render_findings(out, report)
     _render_verdict(out, report, strict)
-    return "\n".join(out.lines) + "\n"
+    return mask_passwords("\n".join(out.lines)) + "\n"
 
 
 class _Writer:
