@@ -17,11 +17,12 @@ an :class:`Unresolved` item and the option's value is ``None``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 __all__ = [
     "IniError",
@@ -104,6 +105,8 @@ _RUNTIME_PLACEHOLDER_KEYS = re.compile(r"^(log-?format|log-req-.*|logformat-strf
 _COMMENT = re.compile(r"\s[;#]")
 _EXPANSION_OPENERS = ("$(", "@(", "%(")
 _MAX_EXPANSIONS = 64
+MAX_FILE_BYTES = 1024 * 1024
+"""The largest ini, include or ``@(file)`` the check reads (1 MiB; uWSGI configs are KBs)."""
 _SENTINEL = "\x00"  # never in a file we accept: marks run-time-only magic variables
 _SENTINEL_RE = re.compile("\x00(.)\x00", re.DOTALL)
 
@@ -247,21 +250,66 @@ def _check_file(path: str) -> str:
     if not path:
         raise IniError("no ini file given")
     path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise IniError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise IniError(f"{path}: is a directory, not an ini file")
+    _stat_regular(path)
     return path
+
+
+def _stat_regular(path: str) -> os.stat_result:
+    """``path``'s stat if it is a regular file within :data:`MAX_FILE_BYTES`; IniError
+    otherwise (a FIFO would block the read, a device never end it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise IniError(f"{path}: no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IniError(f"{path}: a loop of symbolic links") from None
+        raise IniError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise IniError(f"{path}: is a directory, not an ini file")
+    if not stat.S_ISREG(st.st_mode):
+        raise IniError(f"{path}: is a {_file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise IniError(f"{path}: {st.st_size} bytes, over the {MAX_FILE_BYTES // 1024} KiB limit")
+    return st
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def read_limited(path: str) -> bytes:
+    """A regular file's bytes, at most :data:`MAX_FILE_BYTES`; IniError otherwise. Opened
+    without blocking and checked again once open: no FIFO swapped in after the check can
+    hang the read, no growing file can exhaust memory."""
+    _stat_regular(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise IniError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IniError(f"{path}: not a regular file")
+        try:
+            data = file.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise IniError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise IniError(f"{path}: over the {MAX_FILE_BYTES // 1024} KiB limit")
+    return data
 
 
 def _read_text(path: str) -> str:
     """The file's text; IniError for anything uWSGI would choke on or we cannot read."""
-    try:
-        data = Path(path).read_bytes()
-    except IsADirectoryError:
-        raise IniError(f"{path}: is a directory, not an ini file") from None
-    except OSError as exc:
-        raise IniError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    data = read_limited(path)
     if b"\x00" in data:
         raise IniError(f"{path}: binary data (NUL byte at offset {data.index(0)}), not an ini file")
     try:
@@ -511,20 +559,28 @@ def _expand_all(state: _State) -> None:
             entry.value = _expand(state, entry, symbol, hook)
 
 
-def _find_token(value: str, symbol: str, start: int) -> tuple[int, int] | None:
+def _closing_parens(value: str) -> dict[int, int]:
+    """Index of each ``(`` -> index of the ``)`` that closes it (unclosed ones left out):
+    one pass, so a value full of unclosed openers costs linear time, not quadratic."""
+    closing: dict[int, int] = {}
+    open_at: list[int] = []
+    for index, char in enumerate(value):
+        if char == "(":
+            open_at.append(index)
+        elif char == ")" and open_at:
+            closing[open_at.pop()] = index
+    return closing
+
+
+def _find_token(
+    value: str, symbol: str, start: int, closing: Mapping[int, int]
+) -> tuple[int, int] | None:
     """Next ``X(...)`` from ``start`` with balanced parentheses: (open, close) indexes."""
     i = value.find(symbol + "(", start)
     while i != -1:
-        depth = 0
-        for j in range(i + 2, len(value)):
-            if value[j] == "(":
-                depth += 1
-            elif value[j] == ")":
-                if depth == 0:
-                    if j > i + 2:
-                        return i, j
-                    break
-                depth -= 1
+        j = closing.get(i + 1)
+        if j is not None and j > i + 2:
+            return i, j
         i = value.find(symbol + "(", i + 2)
     return None
 
@@ -532,8 +588,11 @@ def _find_token(value: str, symbol: str, start: int) -> tuple[int, int] | None:
 def _expand(state: _State, entry: _Entry, symbol: str, hook: _Hook) -> str:
     """Replace tokens left to right, rescanning after each replacement like uWSGI."""
     value = entry.value
+    if symbol + "(" not in value:
+        return value
     start = replaced = 0
-    while (found := _find_token(value, symbol, start)) is not None:
+    closing = _closing_parens(value)
+    while (found := _find_token(value, symbol, start, closing)) is not None:
         i, j = found
         replacement = hook(state, entry, value[i + 2 : j])
         if replacement is None:
@@ -544,6 +603,7 @@ def _expand(state: _State, entry: _Entry, symbol: str, hook: _Hook) -> str:
             state.note(entry, value[i : j + 1], "expands without end (a placeholder loop)")
             return value
         value = value[:i] + replacement + value[j + 1 :]
+        closing = _closing_parens(value)
         start = 0
     return value
 
@@ -564,10 +624,12 @@ def _file_hook(state: _State, entry: _Entry, name: str) -> str | None:
         return None
     path = name if os.path.isabs(name) else os.path.join(state.cwd, name)
     try:
-        data = Path(path).read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8"
-        state.note(entry, f"@({name})", f"cannot read {path}: {reason}")
+        data = read_limited(path).decode("utf-8")
+    except IniError as exc:
+        state.note(entry, f"@({name})", f"cannot read {exc}")
+        return None
+    except UnicodeDecodeError:
+        state.note(entry, f"@({name})", f"cannot read {path}: not UTF-8")
         return None
     # uwsgi_at_file_read drops one trailing newline or carriage return.
     return data[:-1] if data.endswith(("\n", "\r")) else data
