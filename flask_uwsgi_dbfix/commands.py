@@ -21,7 +21,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo
 
-from .config import DEFAULT_INI
+from .config import DEFAULT_INI, ConfigError
 
 if TYPE_CHECKING:
     from .check.report import CheckReport
@@ -153,6 +153,8 @@ def _load_app(info: ScriptInfo) -> Flask:
         return info.load_app()
     except NoAppException as exc:
         raise BadInput(exc.format_message()) from None
+    except ConfigError as exc:  # the app's DBFIX_* settings: one line says what to change
+        raise BadInput(f"the app did not load: {exc}") from None
     except Exception as exc:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:

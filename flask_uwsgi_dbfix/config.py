@@ -32,6 +32,10 @@ class DBFixConfig:
     ``py-call-uwsgi-fork-hooks``), so they do not stay open on the server for nothing."""
 
 
+class ConfigError(ValueError):
+    """A ``DBFIX_*`` key or value that cannot be used; the message says which and why."""
+
+
 def config_keys() -> list[str]:
     """Every ``DBFIX_`` key this version understands."""
     return [PREFIX + f.name.upper() for f in fields(DBFixConfig)]
@@ -49,7 +53,7 @@ def _as_bool(key: str, value: Any) -> bool:
             return True
         if word in _FALSE:
             return False
-    raise ValueError(
+    raise ConfigError(
         f"{key} must be a boolean (True/False, or one of 1/0/true/false/yes/no/on/off), "
         f"got {value!r}"
     )
@@ -64,7 +68,7 @@ def read_config(config: Mapping[str, Any]) -> DBFixConfig:
     known = config_keys()
     unknown = sorted(k for k in config if k.startswith(PREFIX) and k not in known)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown flask-uwsgi-dbfix config key(s) {', '.join(unknown)}; "
             f"known keys: {', '.join(known)}"
         )

@@ -792,3 +792,13 @@ def test_real_flask_command_passes_a_clean_app(pg: Any, tmp_path: Path) -> None:
     bad = flask_check(pg.url(), "--ini", str(tmp_path / "missing.ini"), IMPORT_QUERY="0")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"Error: {tmp_path / 'missing.ini'}: no such file"]
+
+
+def test_real_flask_command_a_bad_dbfix_setting_is_one_line_and_exit_2(pg: Any) -> None:
+    """The app's own DBFIX_* value is wrong: the check says which and why, no traceback."""
+    result = flask_check(pg.url(), DBFIX_ENABLED="maybe")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: the app did not load: DBFIX_ENABLED must be a boolean"), line
+    assert "'maybe'" in line

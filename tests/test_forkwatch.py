@@ -7,9 +7,11 @@ cases a test cannot bring about (pid reuse, an emulator's madvise), stand-ins.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +110,31 @@ def test_a_new_process_given_the_home_pid_again_still_checks_the_stamp(
         again = conn.connection._connection_record
     assert again is record
     assert getattr(again, stamps.PID_ATTR) == home_pid  # dropped and reconnected here
+
+
+def test_the_fallback_is_said_at_start_up_and_by_the_check(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Where the page is not available the guard is correct but slower: an INFO line and
+    the check's pid-guard-fallback note say so; with the page, neither appears."""
+    from flask import Flask
+    from sqlalchemy import create_engine
+
+    from flask_uwsgi_dbfix import register
+    from flask_uwsgi_dbfix.check import build_report
+
+    engine = register(create_engine(f"sqlite:///{tmp_path / 'f.db'}"), name="fallback")
+    app = Flask(__name__)
+    codes = {f.code for f in build_report(app, default_ini=str(tmp_path / "no.ini")).findings}
+    assert "pid-guard-fallback" not in codes  # this kernel has the page
+    monkeypatch.setattr(forkwatch, "_watch", None)
+    monkeypatch.setattr(forkwatch, "_wipe_on_fork_page", lambda: None)
+    with caplog.at_level(logging.INFO, logger="flask_uwsgi_dbfix"):
+        assert forkwatch.watch().page is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"flask-uwsgi-dbfix: {forkwatch.FALLBACK_NOTE}"
+    ]
+    report = build_report(app, default_ini=str(tmp_path / "no.ini"))
+    (note,) = [f for f in report.findings if f.code == "pid-guard-fallback"]
+    assert note.severity == "info" and "os.getpid()" in note.message
+    engine.dispose()

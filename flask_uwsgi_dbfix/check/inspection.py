@@ -28,6 +28,7 @@ from ..engines import (
     is_process_local,
     pool_connections,
 )
+from ..forkwatch import watch
 from ..masking import masked_url
 from ..process_wide import ENV_VAR, SwitchError, requested
 from ..process_wide import is_on as process_wide_is_on
@@ -131,6 +132,7 @@ def build_report(
         command=command,
         flask_app=flask_app,
         extension_initialised=config is not None,
+        pid_guard_fallback=any(e.managed for e in engines) and watch().page is None,
     )
     return dataclasses.replace(report, findings=find(report))
 

@@ -131,6 +131,8 @@ class CheckReport:
     """False for another WSGI app (``python -m flask_uwsgi_dbfix check``)."""
     extension_initialised: bool = True
     """``FlaskDBFix`` ran on the app (``config`` may also come from the process-wide mode)."""
+    pid_guard_fallback: bool = False
+    """The pid guard asks ``os.getpid()`` on every checkout (no fork-wiped page here)."""
 
     def count(self, severity: Severity) -> int:
         """How many findings have this severity: the verdict is made of these counts."""

@@ -28,6 +28,7 @@ RULES: tuple[Rule, ...] = (
     app.checked_out_at_fork,
     app.fix_disabled,
     app.process_wide,
+    app.pid_guard_fallback,
     ini.no_uwsgi_ini,
     ini.no_master,
     ini.lazy_apps,

@@ -10,6 +10,7 @@ __all__ = [
     "checked_out_at_fork",
     "fix_disabled",
     "no_engines",
+    "pid_guard_fallback",
     "prefork_connections",
     "process_wide",
 ]
@@ -259,3 +260,14 @@ def _prefork_consequence(report: CheckReport, forks: bool | None, managed: bool)
         "Every worker inherits the same socket: expect 'SSL error: decryption failed "
         "or bad record mac' and similar errors."
     )
+
+
+def pid_guard_fallback(report: CheckReport) -> list[Finding]:
+    """``pid-guard-fallback``: correct, slower; said so the operator is not surprised."""
+    if not report.pid_guard_fallback:
+        return []
+    from ...forkwatch import FALLBACK_NOTE
+
+    return [
+        Finding("pid-guard-fallback", "info", FALLBACK_NOTE[0].upper() + FALLBACK_NOTE[1:] + ".")
+    ]
