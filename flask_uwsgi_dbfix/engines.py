@@ -219,13 +219,33 @@ def _records_of(pool: Pool) -> list[Any]:
     found = {id(r): r for r in stamps.recorded_records() if _compat.record_pool(r) is pool}
     for record in _compat.idle_records(pool):
         found.setdefault(id(record), record)
-    lent = sum(_compat.holder(r) is not None for r in found.values())
     checkedout = getattr(pool, "checkedout", None)
-    if callable(checkedout) and checkedout() > lent:
-        for obj in gc.get_objects():
-            if isinstance(obj, _compat.ConnectionRecord) and _compat.record_pool(obj) is pool:
-                found.setdefault(id(obj), obj)
+    if callable(checkedout):
+        for fresh in (False, True):  # the last walk's findings first, a new walk if short
+            if checkedout() <= sum(_compat.holder(r) is not None for r in found.values()):
+                break
+            for record in _walked_records(pool, fresh):
+                found.setdefault(id(record), record)
     return [r for r in found.values() if r.dbapi_connection is not None]
+
+
+_walked: weakref.WeakKeyDictionary[Pool, list[weakref.ref[Any]]] = weakref.WeakKeyDictionary()
+"""Every pool's records, as the last walk of the heap found them: one walk serves every
+engine adopted after it (50 engines in a heap of millions of objects cost one walk, not 50)."""
+
+
+def _walked_records(pool: Pool, fresh: bool) -> list[Any]:
+    """``pool``'s records found among live objects: from the last walk, or (``fresh``) a
+    new one, which records every pool's."""
+    if fresh:
+        _walked.clear()
+        for obj in gc.get_objects():
+            if isinstance(obj, _compat.ConnectionRecord):
+                owner = _compat.record_pool(obj)
+                if owner is not None:
+                    _walked.setdefault(owner, []).append(weakref.ref(obj))
+    records = (ref() for ref in _walked.get(pool, ()))
+    return [r for r in records if r is not None]
 
 
 def pool_connections(engine: Engine) -> list[OpenedConnection]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -228,3 +229,32 @@ def test_masked_url_hides_passwords_in_the_query_string_too() -> None:
         assert secret not in shown
     assert "sslmode=require" in shown
     assert shown.startswith("postgresql+psycopg2://app:***@db/app?")
+
+
+def test_adopting_many_engines_walks_the_heap_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections checked out before register() are found among live objects: one walk
+    serves every engine registered after it, not one walk per engine."""
+    made = [create_engine(f"sqlite:///{tmp_path / f'{n}.db'}") for n in range(5)]
+    held = [engine.connect() for engine in made]
+    walks = []
+    real = gc.get_objects
+
+    def counting(*args: Any) -> list[Any]:
+        walks.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(dbfix_engines.gc, "get_objects", counting)
+    try:
+        for n, engine in enumerate(made):
+            register(engine, name=f"held-{n}")
+        assert len(walks) == 1
+        for engine in made:
+            (opened,) = dbfix_engines.open_connections(engine)
+            assert opened.checked_out
+    finally:
+        for conn in held:
+            conn.close()
+        for engine in made:
+            engine.dispose()
