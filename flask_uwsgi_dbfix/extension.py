@@ -82,6 +82,12 @@ class FlaskDBFix:
 
     def init_app(self, app: Flask) -> None:
         """Read ``DBFIX_*`` config, manage the app's engines, install the fork hooks."""
+        if not isinstance(app, Flask):
+            raise TypeError(
+                f"FlaskDBFix takes a Flask app, got {type(app).__name__}: pass the Flask app "
+                "inside it (middleware keeps it as an attribute, often .app), or call "
+                "flask_uwsgi_dbfix.register(engine) for each engine"
+            )
         _compat.require_dispose_close()
         if EXTENSION_NAME in app.extensions:
             raise RuntimeError(

@@ -50,7 +50,8 @@ _Frame = tuple[str, int, str]  # filename, line, function
 
 UNKNOWN_ORIGIN = (
     "an unknown place (opened before flask-uwsgi-dbfix was switched on for this engine; "
-    "`flask dbfix check` names the line, and so does calling FlaskDBFix(app) or "
+    "`flask dbfix check`, or `python -m flask_uwsgi_dbfix check --ini` for an app that is "
+    "not a Flask app, names the line, and so does calling FlaskDBFix(app) or "
     "register(engine) before the app opens connections)"
 )
 """How every output names the opener of a connection nobody recorded."""

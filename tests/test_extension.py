@@ -258,3 +258,17 @@ def test_adopting_many_engines_walks_the_heap_once(
             conn.close()
         for engine in made:
             engine.dispose()
+
+
+def test_flask_dbfix_on_something_else_says_what_it_takes() -> None:
+    """Middleware around the app (CKAN's I18nMiddleware, a WhiteNoise wrapper): a clear
+    TypeError naming what was passed and what to pass instead, not an AttributeError."""
+
+    class Middleware:
+        def __init__(self, app: Flask) -> None:
+            self.app = app
+
+    wrapped = Middleware(Flask(__name__))
+    with pytest.raises(TypeError, match="FlaskDBFix takes a Flask app, got Middleware: pass"):
+        FlaskDBFix(wrapped)  # type: ignore[arg-type]
+    assert "dbfix" not in wrapped.app.extensions

@@ -338,10 +338,17 @@ def served_app(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
             "app-mismatch",
             "warning",
             f"The ini serves {specs}, not the app checked here: {details}.",
-            f"Check what uWSGI serves: flask --app {_flask_spec(uwsgi.matches[0].app)} dbfix check",
+            "Check what uWSGI serves: python -m flask_uwsgi_dbfix check --ini "
+            f"{_ini_spec(uwsgi)} (loads it as uWSGI's master does, Flask app or middleware), "
+            f"or flask --app {_flask_spec(uwsgi.matches[0].app)} dbfix check if it is a Flask app",
             where,
         )
     ]
+
+
+def _ini_spec(uwsgi: UwsgiReport) -> str:
+    path = short_path(uwsgi.ini.path)
+    return path if uwsgi.ini.section == "uwsgi" else f"{path}:{uwsgi.ini.section}"
 
 
 def _flask_spec(app: ServedApp) -> str:
