@@ -146,15 +146,21 @@ def test_import_path_names_a_module_global_or_an_attribute_of_one() -> None:
 # -- the check and assert_fork_safe agree ------------------------------------------------
 
 
-def _managed(url: str) -> Flask:
+def _queried_fsa_app(url: str, fix: bool) -> Flask:
+    """A Flask-SQLAlchemy app that ran a query while it was created, FlaskDBFix first."""
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     db = SQLAlchemy(app)
-    FlaskDBFix(app)
+    if fix:
+        FlaskDBFix(app)
     with app.app_context():
         db.session.execute(text("SELECT 1"))
         db.session.commit()
     return app
+
+
+def _managed(url: str) -> Flask:
+    return _queried_fsa_app(url, fix=True)
 
 
 def _unmanaged(url: str) -> Flask:
@@ -185,24 +191,13 @@ def _held(url: str) -> Flask:
 
 
 def _late_init(url: str) -> Flask:
-    app = Flask(__name__)
-    app.config["SQLALCHEMY_DATABASE_URI"] = url
-    db = SQLAlchemy(app)
-    with app.app_context():
-        db.session.execute(text("SELECT 1"))
-        db.session.commit()
+    app = _queried_fsa_app(url, fix=False)
     FlaskDBFix(app)  # after the connection was made: found and managed all the same
     return app
 
 
 def _no_fix(url: str) -> Flask:
-    app = Flask(__name__)
-    app.config["SQLALCHEMY_DATABASE_URI"] = url
-    db = SQLAlchemy(app)
-    with app.app_context():
-        db.session.execute(text("SELECT 1"))
-        db.session.commit()
-    return app
+    return _queried_fsa_app(url, fix=False)
 
 
 APPS: dict[str, Callable[[str], Flask]] = {
