@@ -246,6 +246,8 @@ def test_adopting_many_engines_walks_the_heap_once(
         return real(*args)
 
     monkeypatch.setattr(dbfix_engines.gc, "get_objects", counting)
+    # Opened before anything recorded them: another test may have switched recording on.
+    monkeypatch.setattr(dbfix_engines.stamps, "recorded_records", list)
     try:
         for n, engine in enumerate(made):
             register(engine, name=f"held-{n}")
