@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ...unmanaged import UNMANAGED
 from ..report import UNKNOWN_ORIGIN, CheckReport, Finding, Severity, describe_origin, plural
 
 __all__ = [
@@ -16,7 +17,6 @@ __all__ = [
 ]
 
 AUTO_MODULE = "flask_uwsgi_dbfix.auto"
-UNMANAGED = "unmanaged"  # the source of an engine found among the process's objects
 
 _FORK_HOOKS_FIX = (
     "Or set py-call-uwsgi-fork-hooks = true in the uWSGI ini (uWSGI 2.0.21+): the "
