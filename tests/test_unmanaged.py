@@ -35,7 +35,6 @@ from harness.postgres import PostgresServer
 from harness.uwsgi import UwsgiServer, app_args, start_uwsgi
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 from tests.pgstat import backends_of
-from tests.test_testing_helper import make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "apps" / "config_engine_app.py"
@@ -147,8 +146,16 @@ def test_import_path_names_a_module_global_or_an_attribute_of_one() -> None:
 
 
 def _queried_fsa_app(url: str, fix: bool) -> Flask:
-    """A Flask-SQLAlchemy app that opened a connection while it was created."""
-    return make_app(url, fix=fix)[0]
+    """A Flask-SQLAlchemy app that ran a query while it was created, FlaskDBFix first."""
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    db = SQLAlchemy(app)
+    if fix:
+        FlaskDBFix(app)
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))
+        db.session.commit()
+    return app
 
 
 def _managed(url: str) -> Flask:
