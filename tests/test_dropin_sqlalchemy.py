@@ -17,7 +17,9 @@ set itself up.
 Both runs use the installed SQLAlchemy, the one the package runs with: ``python -s``, since
 otherwise the sdist's ``test/conftest.py`` puts its own uncompiled ``lib/`` first on
 ``sys.path``. A run takes about 30 s on a 2-core machine, mostly the pool tests' sleeps;
-the plain run and the run with the package go side by side.
+the three runs go side by side: the plain run of the whole folder (the baseline of both
+comparisons: the deselected classes only clear listeners, and a plain run has none of the
+package's), and the two runs with the package.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,14 +49,6 @@ def sdist() -> Path | None:
     wanted = f"sqlalchemy-{VERSION}.tar.gz"
     found = (p for p in (ROOT / ".thirdparty").glob("*.tar.gz") if p.name.lower() == wanted)
     return next(found, None)
-
-
-@pytest.fixture(scope="module")
-def suites(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The sdist unpacked twice, once for the plain runs and once for the runs with the
-    package: the two run at the same time (mostly the pool tests' sleeps), each in its own
-    copy, so neither can see the other's files."""
-    return _unpacked(tmp_path_factory), _unpacked(tmp_path_factory)
 
 
 def _unpacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -100,8 +95,11 @@ def classes_clearing_listeners(suite: Path) -> list[str]:
 class SuiteRun:
     """One run of the suite in the background: :meth:`result` waits for it."""
 
-    def __init__(self, suite: Path, tmp_path: Path, deselect: list[str], dbfix: bool) -> None:
-        self.label = "dbfix" if dbfix else "plain"
+    def __init__(
+        self, suite: Path, tmp_path: Path, deselect: list[str], dbfix: bool, label: str
+    ) -> None:
+        self.label = label
+        self._result: tuple[dict[str, str], dict[str, int], int, str] | None = None
         self.junit, self.report = tmp_path / f"{self.label}.xml", tmp_path / f"{self.label}.json"
         self.dbfix = dbfix
         # Not PYTEST_ADDOPTS: options meant for our own run (CI adds a JUnit file) stay ours.
@@ -126,7 +124,9 @@ class SuiteRun:
 
     def result(self) -> tuple[dict[str, str], dict[str, int], int, str]:
         """Outcome per test id, what the plugin registered (empty without it), the exit
-        status and the end of the output."""
+        status and the end of the output (read once: two tests share the plain run)."""
+        if self._result is not None:
+            return self._result
         try:
             returncode = self.process.wait(timeout=TIMEOUT)
         finally:
@@ -140,34 +140,48 @@ class SuiteRun:
             outcome = "failed" if failed else "skipped" if skipped else "passed"
             outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
         registered = json.loads(self.report.read_text()) if self.dbfix else {}
-        return outcomes, registered, returncode, output
+        self._result = outcomes, registered, returncode, output
+        return self._result
 
 
-@pytest.mark.parametrize("isolated", [False, True], ids=["whole", "without-listener-clearing"])
-def test_sqlalchemy_engine_suite_has_the_same_outcomes_with_every_engine_registered(
-    suites: tuple[Path, Path], tmp_path: Path, isolated: bool
-) -> None:
-    deselect = classes_clearing_listeners(suites[0]) if isolated else []
-    assert deselect or not isolated, "no test class clears class-level listeners any more"
-    plain_run = SuiteRun(suites[0], tmp_path, deselect, dbfix=False)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, SuiteRun]]:
+    """The three runs, started together, each in its own copy of the sdist (the suite writes
+    its SQLite files into the working directory), stopped at the end whatever happened."""
+    copies = [_unpacked(tmp_path_factory) for _ in range(3)]
+    deselect = classes_clearing_listeners(copies[0])
+    assert deselect, "no test class clears class-level listeners any more"
+    logs = tmp_path_factory.mktemp("runs")
+    started: dict[str, SuiteRun] = {}
     try:
-        dbfix_run = SuiteRun(suites[1], tmp_path, deselect, dbfix=True)
-    except BaseException:
-        plain_run.stop()
-        raise
-    try:
-        baseline, _, plain_status, _ = plain_run.result()
-        outcomes, registered, status, output = dbfix_run.result()
+        started["plain"] = SuiteRun(copies[0], logs, [], dbfix=False, label="plain")
+        started["whole"] = SuiteRun(copies[1], logs, [], dbfix=True, label="whole")
+        started["isolated"] = SuiteRun(copies[2], logs, deselect, dbfix=True, label="isolated")
+        yield started
     finally:  # never leave a run behind (an assertion, a time-out, Ctrl-C)
-        plain_run.stop()
-        dbfix_run.stop()
-    assert len(baseline) > 500, f"the suite did not run: {len(baseline)} test cases"
-    assert "passed" in baseline.values(), "not one of the suite's tests passed"
+        for run in started.values():
+            run.stop()
 
-    assert outcomes.keys() == baseline.keys(), {
-        "only without the package": sorted(baseline.keys() - outcomes.keys()),
-        "only with it": sorted(outcomes.keys() - baseline.keys()),
-    }
+
+@pytest.mark.parametrize(
+    "variant", ["whole", "isolated"], ids=["whole", "without-listener-clearing"]
+)
+def test_sqlalchemy_engine_suite_has_the_same_outcomes_with_every_engine_registered(
+    runs: dict[str, SuiteRun], variant: str
+) -> None:
+    all_baseline, _, plain_status, _ = runs["plain"].result()
+    outcomes, registered, status, output = runs[variant].result()
+    assert len(all_baseline) > 500, f"the suite did not run: {len(all_baseline)} test cases"
+    assert "passed" in all_baseline.values(), "not one of the suite's tests passed"
+    only_with = sorted(outcomes.keys() - all_baseline.keys())
+    assert only_with == [], f"tests that ran only with the package: {only_with}"
+    if variant == "whole":
+        only_without = sorted(all_baseline.keys() - outcomes.keys())
+        assert only_without == [], f"tests that ran only without the package: {only_without}"
+    else:
+        assert len(outcomes) < len(all_baseline), "no test class was deselected"
+    # The isolated run's baseline: the plain run's outcomes of the tests it ran.
+    baseline = {test: all_baseline[test] for test in outcomes}
     # A test that failed without the package may end any way with it; a test that passed
     # (or was skipped) without it must end the same way with it.
     changed = {
