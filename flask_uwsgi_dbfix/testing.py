@@ -313,20 +313,20 @@ def _describe_app(app: Flask) -> str:
     return f"app {app.import_name!r}" + (f" at {where}" if where else "")
 
 
-def _other_apps_engines(app: Flask, apps: list[Flask]) -> dict[int, tuple[str, str]]:
+def _other_apps_engines(app: Flask, apps: list[Flask]) -> dict[int, tuple[str, Flask]]:
     """By pool: ``(bind name, owner)`` of each engine that belongs to an app other than
     ``app``, through its Flask-SQLAlchemy or the extension's registry."""
-    owned: dict[int, tuple[str, str]] = {}
+    owned: dict[int, tuple[str, Flask]] = {}
     for managed in engines.all_engines():
         if managed.app is not None and managed.app is not app:
-            owned[id(managed.engine.pool)] = (managed.name, _describe_app(managed.app))
+            owned[id(managed.engine.pool)] = (managed.name, managed.app)
     for other in apps:
         if other is app:
             continue
         binds = _compat.flask_sqlalchemy_engines(other)
         for name, engine in engines.named_binds(binds):
             if isinstance(engine, Engine):
-                owned.setdefault(id(engine.pool), (name, _describe_app(other)))
+                owned.setdefault(id(engine.pool), (name, other))
     return owned
 
 
@@ -353,7 +353,7 @@ def _targets(app: Flask, live: _Live) -> list[_Target]:
     ]
     named += [(m.name, m.engine, m.source) for m in engines.app_engines(app)]
     named += [
-        (others.get(id(e.pool), ("",))[0] or _gc_name(e, managed), e, "other")
+        (others[id(e.pool)][0] if id(e.pool) in others else _gc_name(e, managed), e, "other")
         for e in live.engines
         if by_pool.get(id(e.pool))
     ]
@@ -368,9 +368,8 @@ def _targets(app: Flask, live: _Live) -> list[_Target]:
         seen_pools.add(id(engine.pool))
         pool_records = by_pool.get(id(engine.pool), [])
         is_managed = id(engine.pool) in managed
-        other_app = (
-            others[id(engine.pool)][1] if source == "other" and id(engine.pool) in others else ""
-        )
+        owner = others.get(id(engine.pool)) if source == "other" else None
+        other_app = _describe_app(owner[1]) if owner is not None else ""
         targets.append(
             _Target(
                 name,
