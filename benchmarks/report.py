@@ -342,7 +342,8 @@ CHARTS: list[tuple[str, str, str, str, bool]] = [
 # Small multiples, a few series each: (panel title, modes). A panel with fewer than two of
 # its modes in the run (a --app run has only "prefork" and "lazy") is left out.
 PANELS: list[tuple[str, list[str]]] = [
-    ("the choice: no fix, the fix, lazy-apps", ["bare", "fix", "lazy", "prefork"]),
+    ("the choice: no fix, the fix, lazy-apps", ["bare", "fix", "lazy"]),
+    ("your app: preforked against lazy-apps", ["prefork", "lazy"]),
     ("the fix's own cost (control: no DB work at import)", ["bare", "fix", "fix_clean"]),
     ("the master's own connection (1 run each)", ["fix", "fix_keep", "fix_close"]),
 ]
@@ -388,7 +389,9 @@ def _metric_chart(
     panels = [(t, modes) for t, modes in panels if len(modes) >= 2]
     if not panels:  # modes no panel knows: all in one
         panels = [("", [m for m in order if m in per_mode])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.6, 4.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(max(7.5, 4.6 * len(panels) + 0.6), 4.4), squeeze=False
+    )
     for ax, (panel_title, modes) in zip(axes[0], panels, strict=True):
         for k, mode in enumerate(modes):
             nudge = 2 ** ((k - (len(modes) - 1) / 2) * 0.05)
