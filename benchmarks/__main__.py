@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 app_dir=args.app_dir,
             )
             runs.append(as_dict(result))
-            print(report.progress_line(n, len(plan), result), flush=True)
+            print(report.progress_line(n, len(plan), result, mode.label), flush=True)
     meta["machine"]["loadavg_before_guard"] = os.getloadavg()
     guard = pid_guard.run(args.guard_rounds)
     parts = fix_parts.run(5 if args.quick else 30)

@@ -25,7 +25,7 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
-from . import _compat, engines, forkhooks, stamps
+from . import _compat, engines, forkhooks, stamps, unmanaged
 from ._compat import ConnectionRecord
 from .masking import mask_passwords, masked_url
 
@@ -69,6 +69,9 @@ class EngineCheck:
     """``inherited``, ``new``, ``dropped``, ``not asked``, or ``error: ...``."""
     manage: str = field(repr=False, default="")
     """How to have the extension manage this engine; empty when it does."""
+    other_app: str = ""
+    """The other Flask app this engine belongs to (``app 'billing' at billing.wsgi.app``);
+    empty for the app under test's own engines and for engines of no app."""
 
     def problems(self, strict: bool) -> list[tuple[str, str]]:
         """``(what is wrong, what to do)`` pairs; empty when the engine is fork-safe."""
@@ -111,10 +114,23 @@ class ForkCheck:
 
     engines: tuple[EngineCheck, ...]
     strict: bool
+    include_other_apps: bool = False
 
     @property
     def failures(self) -> tuple[EngineCheck, ...]:
-        return tuple(e for e in self.engines if e.problems(self.strict))
+        return tuple(e for e in self.judged if e.problems(self.strict))
+
+    @property
+    def judged(self) -> tuple[EngineCheck, ...]:
+        """The engines that can fail the check: all but other apps' unless asked."""
+        return tuple(e for e in self.engines if self.include_other_apps or not e.other_app)
+
+    @property
+    def not_judged(self) -> tuple[EngineCheck, ...]:
+        """Other apps' engines that would fail the check with ``include_other_apps=True``."""
+        if self.include_other_apps:
+            return ()
+        return tuple(e for e in self.engines if e.other_app and e.problems(self.strict))
 
     def __str__(self) -> str:
         failures = self.failures
@@ -125,9 +141,10 @@ class ForkCheck:
                 + ":"
             ]
         else:
-            lines = [f"assert_fork_safe: fork-safe, {len(self.engines)} engine(s) checked:"]
-        for check in failures or self.engines:
-            lines.append(f"  engine {check.name!r} ({check.url})")
+            lines = [f"assert_fork_safe: fork-safe, {len(self.judged)} engine(s) checked:"]
+        for check in failures or self.judged:
+            owner = f", of another {check.other_app}" if check.other_app else ""
+            lines.append(f"  engine {check.name!r}{owner} ({check.url})")
             problems = check.problems(self.strict)
             for problem, _ in problems:
                 lines.append(f"    {problem}")
@@ -137,6 +154,13 @@ class ForkCheck:
                 lines.append(f"    opened at {origin}" + (f" ({count}x)" if count > 1 else ""))
             for _, fix in problems:
                 lines.append(f"    fix: {fix}")
+        if self.not_judged:
+            lines.append(
+                f"  not judged: {len(self.not_judged)} engine(s) of other apps alive in this "
+                "process would fail (include_other_apps=True judges them too):"
+            )
+            for check in self.not_judged:
+                lines.append(f"    engine {check.name!r} of {check.other_app} ({check.url})")
         return "\n".join(lines)
 
 
@@ -163,9 +187,12 @@ class _Target:
     records: list[ConnectionRecord]
     checked_out: int
     manage: str
+    other_app: str
 
 
-def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
+def assert_fork_safe(
+    app: Flask, *, strict: bool = False, include_other_apps: bool = False
+) -> ForkCheck:
     """Fork like a pre-forking server's master and fail if a worker would share a database
     connection with this process. Returns the check, whose ``str()`` is a summary.
 
@@ -185,6 +212,12 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
     test suite itself keeps connected counts too: ``dispose()`` it first. In-memory SQLite
     is skipped, as the extension does: a fork copies it safely.
 
+    An engine that belongs to *another* Flask app alive in the process (one that a module
+    your test imported built at import, say) is named with that app but does not fail the
+    check about ``app``: the summary lists it as not judged. ``include_other_apps=True``
+    judges those too, as a server's master, which forks them all, would. An engine of no
+    app (a plain ``create_engine()``) is always judged: nothing tells it is not ``app``'s.
+
     Fails (:class:`AssertionError` naming each engine, the code that opened the connection
     and what to do) when a connection is checked out at the fork, or when the child is
     handed a connection this process opened. With ``strict=True`` it also fails on
@@ -197,6 +230,7 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
     child runs only this check; should a lock held by another thread at fork time block it,
     it is killed after :data:`CHILD_TIMEOUT` seconds and :class:`RuntimeError` is raised.
     """
+    __tracebackhide__ = True  # a failure shows the test's line and the message, not this
     if not hasattr(os, "fork"):
         raise RuntimeError(
             "assert_fork_safe() needs os.fork(), which this platform does not have: "
@@ -207,11 +241,14 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
 
     gc.collect()  # engines of apps that are already gone must not count
     engines.adopt_app_engines()  # as the fork hooks would: engines made since FlaskDBFix
-    live, records = _live_engines_and_records()
-    targets = _targets(app, live, records)
+    live = _live_objects()
+    targets = _targets(app, live)
     # Held until the child exits: in the child they keep every inherited connection alive
     # (no address reuse, no dealloc); their identity is what the child compares.
-    parent_connections = [r.dbapi_connection for r in records if r.dbapi_connection is not None]
+    parent_connections = [
+        r.dbapi_connection for r in live.records if r.dbapi_connection is not None
+    ]
+    del live  # the child needs no list of every app and engine
     verdicts = _fork_and_ask(targets, parent_connections)
     del parent_connections
 
@@ -226,10 +263,12 @@ def assert_fork_safe(app: Flask, *, strict: bool = False) -> ForkCheck:
                 checked_out=t.checked_out,
                 child=verdict,
                 manage=t.manage,
+                other_app=t.other_app,
             )
             for t, verdict in zip(targets, verdicts, strict=True)
         ),
         strict,
+        include_other_apps,
     )
     if check.failures:
         raise AssertionError(str(check))
@@ -250,20 +289,58 @@ def stop_recording_origins() -> None:
     stamps.stop_recording()
 
 
-def _live_engines_and_records() -> tuple[list[Engine], list[ConnectionRecord]]:
-    live: list[Engine] = []
-    records: list[ConnectionRecord] = []
+@dataclass
+class _Live:
+    engines: list[Engine] = field(default_factory=list)
+    records: list[ConnectionRecord] = field(default_factory=list)
+    apps: list[Flask] = field(default_factory=list)
+
+
+def _live_objects() -> _Live:
+    live = _Live()
     for obj in gc.get_objects():
         if isinstance(obj, Engine):
-            live.append(obj)
+            live.engines.append(obj)
         elif isinstance(obj, ConnectionRecord) and obj.dbapi_connection is not None:
-            records.append(obj)
-    return live, records
+            live.records.append(obj)
+        elif issubclass(type(obj), Flask):  # not isinstance(): proxies claim to be apps
+            live.apps.append(obj)
+    return live
 
 
-def _targets(app: Flask, live: list[Engine], records: list[ConnectionRecord]) -> list[_Target]:
+def _describe_app(app: Flask) -> str:
+    where = unmanaged.import_path(app)
+    return f"app {app.import_name!r}" + (f" at {where}" if where else "")
+
+
+def _other_apps_engines(app: Flask, apps: list[Flask]) -> dict[int, tuple[str, Flask]]:
+    """By pool: ``(bind name, owner)`` of each engine that belongs to an app other than
+    ``app``, through its Flask-SQLAlchemy or the extension's registry."""
+    owned: dict[int, tuple[str, Flask]] = {}
+    for managed in engines.all_engines():
+        if managed.app is not None and managed.app is not app:
+            owned[id(managed.engine.pool)] = (managed.name, managed.app)
+    for other in apps:
+        if other is app:
+            continue
+        binds = _compat.flask_sqlalchemy_engines(other)
+        for name, engine in engines.named_binds(binds):
+            if isinstance(engine, Engine):
+                owned.setdefault(id(engine.pool), (name, other))
+    return owned
+
+
+def _gc_name(engine: Engine, managed: dict[int, str]) -> str:
+    if id(engine.pool) in managed:
+        return managed[id(engine.pool)]
+    return unmanaged.import_path(engine) or unmanaged.UNMANAGED
+
+
+def _targets(app: Flask, live: _Live) -> list[_Target]:
     # By pool: an execution_options() copy of an engine is another Engine on the same pool.
     managed = {id(m.engine.pool): m.name for m in engines.all_engines()}
+    others = _other_apps_engines(app, live.apps)
+    records = live.records
     by_pool: dict[int, list[ConnectionRecord]] = {}
     for record in records:
         by_pool.setdefault(id(_compat.record_pool(record)), []).append(record)
@@ -276,7 +353,9 @@ def _targets(app: Flask, live: list[Engine], records: list[ConnectionRecord]) ->
     ]
     named += [(m.name, m.engine, m.source) for m in engines.app_engines(app)]
     named += [
-        (managed.get(id(e.pool), "unmanaged"), e, "other") for e in live if by_pool.get(id(e.pool))
+        (others[id(e.pool)][0] if id(e.pool) in others else _gc_name(e, managed), e, "other")
+        for e in live.engines
+        if by_pool.get(id(e.pool))
     ]
 
     targets: list[_Target] = []
@@ -289,6 +368,8 @@ def _targets(app: Flask, live: list[Engine], records: list[ConnectionRecord]) ->
         seen_pools.add(id(engine.pool))
         pool_records = by_pool.get(id(engine.pool), [])
         is_managed = id(engine.pool) in managed
+        owner = others.get(id(engine.pool)) if source == "other" else None
+        other_app = _describe_app(owner[1]) if owner is not None else ""
         targets.append(
             _Target(
                 name,
@@ -297,7 +378,8 @@ def _targets(app: Flask, live: list[Engine], records: list[ConnectionRecord]) ->
                 is_managed,
                 pool_records,
                 _checked_out(engine.pool, pool_records),
-                "" if is_managed else _how_to_manage(source, disabled),
+                "" if is_managed else _how_to_manage(source, disabled, other_app),
+                other_app,
             )
         )
     return targets
@@ -310,7 +392,9 @@ def _checked_out(pool: Pool, records: list[ConnectionRecord]) -> int:
     return sum(1 for r in records if _compat.holder(r) is not None)
 
 
-def _how_to_manage(source: str, disabled: bool) -> str:
+def _how_to_manage(source: str, disabled: bool, other_app: str = "") -> str:
+    if other_app:
+        return f"FlaskDBFix(app) on {other_app}"
     if source != "flask-sqlalchemy":
         return "flask_uwsgi_dbfix.register(engine)"
     if disabled:
@@ -333,6 +417,7 @@ _UNKNOWN_ORIGIN = (
 
 def _fork_and_ask(targets: list[_Target], parent_connections: list[Any]) -> list[str]:
     """Fork; the child answers one verdict per target over a pipe."""
+    __tracebackhide__ = True
     read_fd, write_fd = os.pipe()
     # The extension's before-fork hook would close the parent's idle connections (and
     # maybe warn): this fork only looks, so the parent stays as the caller built it.
@@ -371,6 +456,7 @@ def _fork_and_ask(targets: list[_Target], parent_connections: list[Any]) -> list
 
 
 def _read_all(fd: int, pid: int) -> bytes:
+    __tracebackhide__ = True
     chunks: list[bytes] = []
     deadline = time.monotonic() + CHILD_TIMEOUT
     while True:

@@ -63,9 +63,10 @@ def connected_unmanaged_engines() -> list[UnmanagedEngine]:
     return found
 
 
-def import_path(engine: Engine) -> str | None:
-    """Where the app keeps ``engine``: a module global (``myapp.db.engine``) or an attribute
-    of one (``myapp.models.meta.engine``), so a fix can name it; ``None`` elsewhere."""
+def import_path(engine: object) -> str | None:
+    """Where the app keeps ``engine`` (or any object, such as a Flask app): a module global
+    (``myapp.db.engine``) or an attribute of one (``myapp.models.meta.engine``), so a fix
+    can name it; ``None`` elsewhere."""
     modules = [
         (name, module)
         for name, module in list(sys.modules.items())

@@ -7,7 +7,9 @@ is the same app without the protection, so each passing case is shown able to fa
 from __future__ import annotations
 
 import gc
+import importlib
 import os
+import subprocess
 import sys
 import threading
 import warnings
@@ -391,3 +393,151 @@ def test_a_child_that_hangs_is_killed_after_the_timeout(
             assert_fork_safe(app)
     finally:
         engine_of(app).dispose()
+
+
+UNSAFE_TEST_FILE = """
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import text
+
+from flask_uwsgi_dbfix.testing import assert_fork_safe
+
+
+def test_app_is_fork_safe(tmp_path):
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.db'}"
+    db = SQLAlchemy(app)
+    with app.app_context(), db.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert_fork_safe(app)
+"""
+
+
+def test_a_failure_under_pytests_default_traceback_is_the_test_line_and_the_message(
+    tmp_path: Path,
+) -> None:
+    """A user's failing test, run by a real pytest with its default --tb=auto: the helper's
+    own frames (source and docstring, 88 lines before) are hidden."""
+    (tmp_path / "test_unsafe.py").write_text(UNSAFE_TEST_FILE)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_unsafe.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert run.returncode == 1, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if "FAILURES" in line)
+    end = next(i for i, line in enumerate(lines) if "short test summary" in line)
+    failure = lines[start:end]
+    assert len(failure) <= 20, "\n".join(failure)
+    assert ">       assert_fork_safe(app)" in failure
+    assert "E       AssertionError: assert_fork_safe: 1 engine(s) not safe to fork:" in failure
+    assert any(line.startswith("E           fix: FlaskDBFix(app)") for line in failure)
+    assert not any("def assert_fork_safe" in line or "testing.py" in line for line in failure)
+
+
+OTHER_APP_MODULE = """
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import create_engine, text
+
+app = Flask(__name__)  # built at import, without the fix, by a module a test imported
+app.config["SQLALCHEMY_DATABASE_URI"] = {app_url!r}
+db = SQLAlchemy(app)
+with app.app_context(), db.engine.connect() as conn:
+    conn.execute(text("SELECT 1"))
+
+reporting = create_engine({plain_url!r}) if {plain_url!r} else None  # of no app
+if reporting is not None:
+    with reporting.connect() as conn:
+        conn.execute(text("SELECT 1"))
+"""
+
+
+@pytest.fixture
+def import_other_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., object]]:
+    """Imports a module that builds another, unsafe Flask-SQLAlchemy app at import, as a
+    test module's ``from billing.wsgi import app`` does; disposes its engines afterwards."""
+    name = f"other_app_{os.getpid()}"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    imported: list[object] = []
+
+    def load(app_url: str, plain_url: str = "") -> object:
+        (tmp_path / f"{name}.py").write_text(
+            OTHER_APP_MODULE.format(app_url=app_url, plain_url=plain_url)
+        )
+        module = importlib.import_module(name)
+        imported.append(module)
+        return module
+
+    yield load
+    for module in imported:
+        engine_of(module.app).dispose()  # type: ignore[attr-defined]
+        if module.reporting is not None:  # type: ignore[attr-defined]
+            module.reporting.dispose()  # type: ignore[attr-defined]
+    sys.modules.pop(name, None)
+
+
+def test_another_apps_engine_is_named_with_its_app_and_does_not_fail_this_app(
+    build: Callable[..., Built],
+    fresh_db: Callable[[], str],
+    import_other_app: Callable[..., object],
+) -> None:
+    other = import_other_app(fresh_db())
+    other_url = masked(str(engine_of(other.app).url))  # type: ignore[attr-defined]
+    owner = f"app {other.__name__!r} at {other.__name__}.app"  # type: ignore[attr-defined]
+    app, _ = build(fix=True)
+
+    check = assert_fork_safe(app)
+
+    assert check.failures == ()
+    [foreign] = [e for e in check.engines if e.other_app]
+    assert (foreign.name, foreign.other_app, foreign.child) == ("default", owner, "inherited")
+    assert str(check).endswith(
+        "  not judged: 1 engine(s) of other apps alive in this process would fail"
+        " (include_other_apps=True judges them too):\n"
+        f"    engine 'default' of {owner} ({other_url})"
+    )
+
+
+def test_include_other_apps_fails_on_another_apps_engine_naming_that_app(
+    build: Callable[..., Built],
+    fresh_db: Callable[[], str],
+    import_other_app: Callable[..., object],
+) -> None:
+    other = import_other_app(fresh_db())
+    owner = f"app {other.__name__!r} at {other.__name__}.app"  # type: ignore[attr-defined]
+    app, _ = build(fix=True)
+
+    with pytest.raises(AssertionError) as failed:
+        assert_fork_safe(app, include_other_apps=True)
+
+    message = str(failed.value)
+    assert message.startswith(
+        f"assert_fork_safe: 1 engine(s) not safe to fork:\n  engine 'default', of another {owner} ("
+    )
+    assert f"    fix: FlaskDBFix(app) on {owner}, or close it" in message
+
+
+def test_an_engine_of_no_app_is_judged_and_named_by_where_a_module_keeps_it(
+    build: Callable[..., Built],
+    fresh_db: Callable[[], str],
+    import_other_app: Callable[..., object],
+) -> None:
+    """A plain create_engine() engine belongs to no app: nothing says it is not this app's
+    (apps often keep one for reports), so it fails the check, named by its import path."""
+    other = import_other_app(fresh_db(), plain_url=fresh_db())
+    app, _ = build(fix=True)
+
+    with pytest.raises(AssertionError) as failed:
+        assert_fork_safe(app)
+
+    assert str(failed.value).startswith(
+        f"assert_fork_safe: 1 engine(s) not safe to fork:\n  engine '{other.__name__}.reporting' ("  # type: ignore[attr-defined]
+    )
+    assert "fix: flask_uwsgi_dbfix.register(engine), or close it" in str(failed.value)
