@@ -182,13 +182,14 @@ def print_report(report: CheckReport, out: TextIO, *, as_json: bool, strict: boo
     """The report on ``out``, the report's own stream (JSON, or for people: coloured only
     for a terminal); returns the exit code."""
     from .check import exit_code
-    from .check.output import render_human, report_to_json
+    from .check.output import render_human, report_to_json, width
 
     if as_json:
         click.echo(json.dumps(report_to_json(report, strict), indent=2), file=out)
     else:
-        color = _is_tty(out)
-        click.echo(render_human(report, color, strict), nl=False, color=color, file=out)
+        color = wants_color(out)
+        text = render_human(report, color, strict, columns=width())
+        click.echo(text, nl=False, color=color, file=out)
     return exit_code(report, strict)
 
 
@@ -228,6 +229,14 @@ def describe_exception(exc: BaseException) -> str:
     from .stamps import short_path
 
     return f"{message} (raised at {short_path(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno})"
+
+
+def wants_color(stream: TextIO) -> bool:
+    """``NO_COLOR`` (any value) never, ``FORCE_COLOR`` always (no-color.org,
+    force-color.org), otherwise only for a terminal."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(os.environ.get("FORCE_COLOR")) or _is_tty(stream)
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -33,8 +33,9 @@ SCHEMA_VERSION = 2
 """2: severity ``note`` (was ``info``), ``verdict.notes`` (was ``infos``), ``error`` objects."""
 WIDTH = 80
 """The report's width unless ``COLUMNS`` says otherwise."""
-MIN_WIDTH = 40
-"""Narrower than this, wrapping helps nobody: ``COLUMNS`` below it counts as this."""
+MIN_WIDTH = 60
+"""Narrower than this the option table (28 columns of names) has no room: ``COLUMNS``
+below it counts as this."""
 
 _SEVERITY_COLOR = {"error": "red", "warning": "yellow", "note": "cyan"}
 
@@ -189,7 +190,7 @@ def render_human(
 ) -> str:
     """A short report ``columns`` wide (80 by default); ANSI colour only when ``color``."""
     out = _Writer(color, columns)
-    out.line(out.bold(f"{report.command}: app '{report.app_name}' (pid {report.pid})"))
+    out.heading(f"{report.command}: app '{report.app_name}' (pid {report.pid})", blank=False)
     if report.process_wide is not None:
         out.wrapped(f"process-wide mode on: {report.process_wide}", 2, "  ")
     _render_engines(out, report)
@@ -217,9 +218,11 @@ class _Writer:
     def line(self, text: str = "") -> None:
         self.lines.append(text)
 
-    def heading(self, text: str) -> None:
-        self.line()
-        self.line(self.bold(text))
+    def heading(self, text: str, blank: bool = True) -> None:
+        if blank:
+            self.line()
+        for line in textwrap.wrap(text, self.columns, break_long_words=False) or [text]:
+            self.line(self.bold(line))
 
     def wrapped(self, text: str, indent: int, first: str = "") -> None:
         """``first`` (padded to ``indent`` visible chars) then ``text`` wrapped to fit.
