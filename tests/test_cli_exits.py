@@ -103,6 +103,26 @@ def test_app_raising_at_import_exits_2_with_one_masked_line_naming_where(tmp_pat
     assert f"(raised at {where})" in data["error"] and SECRET not in done.stdout + done.stderr
 
 
+def test_python_m_usage_errors_are_clicks_and_json_still_parses() -> None:
+    """``python -m flask_uwsgi_dbfix check`` behaves like ``flask dbfix check``."""
+    from click.testing import CliRunner
+
+    from flask_uwsgi_dbfix.__main__ import main
+
+    runner = CliRunner()
+    done = runner.invoke(main, ["check", "--bogus"], prog_name="python -m flask_uwsgi_dbfix")
+    assert done.exit_code == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "Usage: python -m flask_uwsgi_dbfix check [OPTIONS]",
+        "Try 'python -m flask_uwsgi_dbfix check --help' for help.",
+        "",
+        "Error: No such option '--bogus'.",
+    ]
+    as_json = runner.invoke(main, ["check", "--json", "--bogus"])
+    assert as_json.exit_code == 2
+    assert json.loads(as_json.stdout)["error"] == "No such option '--bogus'."
+
+
 def test_report_goes_to_the_real_stdout_when_the_app_made_stdout_stderr(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
