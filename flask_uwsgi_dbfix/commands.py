@@ -202,7 +202,14 @@ def _load_app(info: ScriptInfo) -> Flask:
     try:
         return info.load_app()
     except NoAppException as exc:
-        raise BadInput(did_not_load(exc.__cause__ or exc)) from None
+        # An ImportError raised inside the app's module: Flask puts its whole traceback in
+        # the message ("While importing ..."); the ImportError itself, on one line, says
+        # the same. (Flask's own test: a frame beyond its import call.)
+        raised = exc.__cause__ or exc.__context__
+        tb = raised.__traceback__ if raised is not None else None
+        if raised is not None and tb is not None and tb.tb_next is not None:
+            raise BadInput(did_not_load(raised)) from None
+        raise BadInput(did_not_load(exc)) from None
     except ConfigError as exc:  # the app's DBFIX_* settings: one line says what to change
         raise BadInput(f"the app did not load: {exc}") from None
     except Exception as exc:
@@ -218,7 +225,7 @@ def describe_exception(exc: BaseException) -> str:
     """The exception and the innermost frame that raised it, on one line (masked when
     printed): enough to find it, without a traceback in a CI log."""
     if isinstance(exc, click.ClickException):
-        return exc.format_message()
+        return " ".join(exc.format_message().split())
     text = " ".join(str(exc).split())  # one line, whatever the message holds
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     tb = exc.__traceback__

@@ -93,6 +93,14 @@ def test_app_raising_at_import_exits_2_with_one_masked_line_naming_where(tmp_pat
         assert line.startswith("Error: ") and "RuntimeError: cannot reach" in line, line
         assert f"(raised at {where})" in line, line
         assert SECRET not in line and "app:***@db.invalid" in line
+    # An ImportError inside the app: Flask's message holds a whole traceback; one line here.
+    (tmp_path / "missing_dep_app.py").write_text("import no_such_dependency_q7\n")
+    missing = check(str(FLASK), "--app", "missing_dep_app", "dbfix", "check", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines() == [
+        "Error: the app did not load: ModuleNotFoundError: No module named "
+        "'no_such_dependency_q7' (raised at missing_dep_app.py:1)"
+    ]
     done = check(*runs["flask"], "--json", cwd=tmp_path)
     assert done.returncode == 2
     data = json.loads(done.stdout)
