@@ -59,8 +59,9 @@ class Mode:
 MODES = (
     # The extension's own off switch, read by create_app() from the environment.
     Mode("without_fix", "without fix", {"DBFIX_ENABLED": "0"}),
-    # With the option uwsgi.ini suggests (commented, uWSGI 2.0.21+): the master runs the
-    # extension's before-fork hook and closes its idle connections itself.
+    # uwsgi.ini sets py-call-uwsgi-fork-hooks (uWSGI 2.0.21+): the master runs the
+    # extension's before-fork hook and closes its idle connections itself (said here too,
+    # for an ini without it).
     Mode("with_fix", "with fix", {"DBFIX_ENABLED": "1"}, ("--py-call-uwsgi-fork-hooks",)),
     # The usual advice instead of a fix: every worker imports the app itself.
     Mode("lazy_apps", "lazy-apps", {"DBFIX_ENABLED": "0"}, ("--lazy-apps",)),

@@ -15,11 +15,18 @@ import importlib.util
 import os
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from .commands import BadInput, _OneLineErrorCommand, print_report
+from .commands import (
+    BadInput,
+    JsonErrorCommand,
+    describe_exception,
+    echo_error_json,
+    print_report,
+    report_stream,
+)
 from .config import DEFAULT_INI
 
 if TYPE_CHECKING:
@@ -33,7 +40,7 @@ def main() -> None:
     """flask-uwsgi-dbfix: fork safety for SQLAlchemy apps under pre-forking servers."""
 
 
-@main.command("check", cls=_OneLineErrorCommand)
+@main.command("check", cls=JsonErrorCommand)
 @click.option(
     "--ini",
     "ini_path",
@@ -53,18 +60,29 @@ def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, str
     """Load the app as uWSGI's master would, report the connections its workers would
     inherit and whether anything makes them safe, audit the ini, and give a verdict.
 
-    Exit status: 0 nothing to fix, 1 errors (or warnings with --strict), 2 bad input or an
-    app that does not load.
+    Exit status: 0 nothing to fix, 1 errors (or warnings with --strict), 2 the check
+    stopped (bad input, an app that does not load).
     """
+    out = report_stream()  # the report's stream, whatever the app does to sys.stdout
+    try:
+        _check(ini_path, app_spec, as_json, strict, out)
+    except BadInput as exc:
+        if as_json:
+            echo_error_json(exc.format_message(), out)
+        raise
+
+
+def _check(
+    ini_path: str | None, app_spec: str | None, as_json: bool, strict: bool, out: TextIO
+) -> None:
     ctx = click.get_current_context()
     if not hasattr(os, "register_at_fork"):
-        click.echo("this platform cannot fork: no worker can inherit a connection")
+        click.echo("this platform cannot fork: no worker can inherit a connection", file=out)
         ctx.exit(0)
     from .check.inspection import build_report, ini_switches_process_wide, resolve_ini
     from .check.uwsgi_ini import IniError, settings_from_ini
     from .stamps import record_every_pool
 
-    out = sys.stdout  # the report's stream, whatever the app does to sys.stdout
     try:
         ini, _ = resolve_ini(ini_path)
     except IniError as exc:
@@ -158,14 +176,14 @@ def _load(spec: str) -> object:
         except BadInput:
             raise
         except BaseException as exc:
-            raise BadInput(f"could not load {path}: {type(exc).__name__}: {exc}") from None
+            raise BadInput(f"could not load {path}: {describe_exception(exc)}") from None
     target, _, attr = spec.partition(":")
     try:
         module = _import_file(target) if target.endswith(".py") else _import_module(target)
     except BadInput:
         raise
     except BaseException as exc:  # SystemExit too: an app that exits at import did not load
-        raise BadInput(f"could not load {target!r}: {type(exc).__name__}: {exc}") from None
+        raise BadInput(f"could not load {target!r}: {describe_exception(exc)}") from None
     return _attribute(module, attr, spec)
 
 
@@ -202,7 +220,7 @@ def _attribute(module: ModuleType, attr: str, spec: str) -> object:
         try:
             return found()
         except BaseException as exc:
-            raise BadInput(f"{spec}: {name} raised {type(exc).__name__}: {exc}") from None
+            raise BadInput(f"{spec}: {name} raised {describe_exception(exc)}") from None
     raise BadInput(f"{module.__name__} has no {' or '.join(repr(n) for n in names)} ({spec})")
 
 

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import sys
-import traceback
 from typing import TYPE_CHECKING, TextIO
 
 import click
@@ -26,7 +25,14 @@ from .config import DEFAULT_INI, ConfigError
 if TYPE_CHECKING:
     from .check.report import CheckReport
 
-__all__ = ["BadInput", "dbfix_cli"]
+__all__ = [
+    "BadInput",
+    "JsonErrorCommand",
+    "dbfix_cli",
+    "describe_exception",
+    "echo_error_json",
+    "report_stream",
+]
 
 
 class BadInput(click.ClickException):
@@ -40,14 +46,46 @@ class BadInput(click.ClickException):
         return mask_passwords(super().format_message())
 
 
-class _OneLineErrorCommand(click.Command):
-    """Usage errors (unknown option, missing value) as one line too, exit status 2."""
+class JsonErrorCommand(click.Command):
+    """Usage errors as Click shows them for every ``flask`` command (usage line, then
+    ``Error: ...``, exit status 2); with ``--json`` among the arguments, the error object
+    on standard output too, so the output always parses."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        as_json = "--json" in args  # before parsing: Click's parser consumes the list
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
-            raise BadInput(f"{exc.format_message()} (see --help)") from None
+            if as_json:
+                echo_error_json(exc.format_message(), report_stream())
+            raise
+
+
+def echo_error_json(message: str, out: TextIO) -> None:
+    """The ``--json`` object of a check that stopped (exit status 2)."""
+    from .check.output import error_json  # here: loading the group imports no SQLAlchemy
+
+    click.echo(json.dumps(error_json(message), indent=2), file=out)
+
+
+def report_stream() -> TextIO:
+    """The process's real standard output for the report: an app that replaced
+    ``sys.stdout`` with ``sys.stderr`` (a wsgi-file habit) before the command ran must not
+    send the report (or ``--json``) to stderr. A replacement that is not stderr (a test
+    runner's capture) is kept."""
+    real = sys.__stdout__
+    if real is not None and sys.stdout is not real and _is_stderr(sys.stdout):
+        return real
+    return sys.stdout
+
+
+def _is_stderr(stream: TextIO) -> bool:
+    if stream is sys.stderr or stream is sys.__stderr__:
+        return True
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 @click.group("dbfix", cls=AppGroup)
@@ -63,7 +101,7 @@ def dbfix_cli() -> None:
 
 @dbfix_cli.command(
     "check",
-    cls=_OneLineErrorCommand,
+    cls=JsonErrorCommand,
     with_appcontext=False,  # the ini is read first: it may switch on the process-wide mode
     short_help="Diagnose the app and its uwsgi.ini before deploying.",
 )
@@ -79,8 +117,19 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
     """Report connections the uWSGI master would hand to its workers, audit the
     uWSGI ini, and give a verdict.
 
-    Exit status: 0 nothing to fix, 1 errors (or warnings with --strict), 2 bad input.
+    Exit status: 0 nothing to fix, 1 errors (or warnings with --strict), 2 the check
+    stopped (bad input, an app that does not load).
     """
+    out = report_stream()  # the report's stream, whatever the app does to sys.stdout
+    try:
+        _check(ini_path, as_json, strict, out)
+    except BadInput as exc:
+        if as_json:
+            echo_error_json(exc.format_message(), out)
+        raise
+
+
+def _check(ini_path: str | None, as_json: bool, strict: bool, out: TextIO) -> None:
     ctx = click.get_current_context()
     from .check import build_report
     from .check.output import SCHEMA_VERSION
@@ -95,7 +144,7 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
         message = "this platform cannot fork: no worker can inherit a connection"
         verdict = {"status": "pass", "exit_code": 0, "strict": strict}
         nothing = {"schema_version": SCHEMA_VERSION, "can_fork": False, "message": message}
-        click.echo(json.dumps(nothing | {"verdict": verdict}) if as_json else message)
+        click.echo(json.dumps(nothing | {"verdict": verdict}) if as_json else message, file=out)
         ctx.exit(0)
 
     from .check.inspection import ini_switches_process_wide, resolve_ini
@@ -111,7 +160,6 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
 
         switch_on()
     info = ctx.ensure_object(ScriptInfo)
-    out = sys.stdout  # the report's stream, whatever the app does to sys.stdout
     # What the app prints while it loads goes to stderr: stdout is the report (--json).
     with contextlib.redirect_stdout(sys.stderr):
         if current_app:
@@ -134,33 +182,68 @@ def print_report(report: CheckReport, out: TextIO, *, as_json: bool, strict: boo
     """The report on ``out``, the report's own stream (JSON, or for people: coloured only
     for a terminal); returns the exit code."""
     from .check import exit_code
-    from .check.output import render_human, report_to_json
+    from .check.output import render_human, report_to_json, width
 
     if as_json:
         click.echo(json.dumps(report_to_json(report, strict), indent=2), file=out)
     else:
-        color = _is_tty(out)
-        click.echo(render_human(report, color, strict), nl=False, color=color, file=out)
+        color = wants_color(out)
+        text = render_human(report, color, strict, columns=width())
+        click.echo(text, nl=False, color=color, file=out)
     return exit_code(report, strict)
 
 
 def _load_app(info: ScriptInfo) -> Flask:
     """``flask --app``'s app, loaded here (after the ini was read). An app that fails to
-    load is bad input (exit 2), with its own traceback, minus this module's frame."""
+    load stops the check (exit 2) with one line: what it raised and where, no traceback
+    (``flask --app ... shell`` or importing it shows that)."""
     from flask.cli import NoAppException
 
     try:
         return info.load_app()
     except NoAppException as exc:
-        raise BadInput(exc.format_message()) from None
+        # An ImportError raised inside the app's module: Flask puts its whole traceback in
+        # the message ("While importing ..."); the ImportError itself, on one line, says
+        # the same. (Flask's own test: a frame beyond its import call.)
+        raised = exc.__cause__ or exc.__context__
+        tb = raised.__traceback__ if raised is not None else None
+        if raised is not None and tb is not None and tb.tb_next is not None:
+            raise BadInput(did_not_load(raised)) from None
+        raise BadInput(did_not_load(exc)) from None
     except ConfigError as exc:  # the app's DBFIX_* settings: one line says what to change
         raise BadInput(f"the app did not load: {exc}") from None
     except Exception as exc:
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-            tb = tb.tb_next
-        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
-        raise BadInput(f"the app did not load: {type(exc).__name__}: {exc}") from None
+        raise BadInput(did_not_load(exc)) from None
+
+
+def did_not_load(exc: BaseException) -> str:
+    """``the app did not load: RuntimeError: ... (raised at app.py:3)``."""
+    return f"the app did not load: {describe_exception(exc)}"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """The exception and the innermost frame that raised it, on one line (masked when
+    printed): enough to find it, without a traceback in a CI log."""
+    if isinstance(exc, click.ClickException):
+        return " ".join(exc.format_message().split())
+    text = " ".join(str(exc).split())  # one line, whatever the message holds
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return message
+    from .stamps import short_path
+
+    return f"{message} (raised at {short_path(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno})"
+
+
+def wants_color(stream: TextIO) -> bool:
+    """``NO_COLOR`` (any value) never, ``FORCE_COLOR`` always (no-color.org,
+    force-color.org), otherwise only for a terminal."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(os.environ.get("FORCE_COLOR")) or _is_tty(stream)
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -4,9 +4,11 @@ and the master's note about the idle ones it closed itself before forking."""
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from typing import TextIO
 
 from .engines import ManagedEngine, OpenedConnection
 from .logs import logger
@@ -155,16 +157,20 @@ def emit_warning(found: list[InheritedConnections], uwsgi: bool = True) -> None:
 
 
 def emit(message: str, found: list[InheritedConnections]) -> None:
-    """Warn with :class:`PreForkConnectionWarning`, one copy.
+    """Warn with :class:`PreForkConnectionWarning`, one copy, at the user's line.
 
     Warning filters apply (``ignore``, ``error``) when they name this category, a parent
     of it or every warning. Where Python would print it on stderr, or where
     ``logging.captureWarnings`` would hand it to a logger that a logging config
     disabled, and the app has configured logging, it is printed through the package's
     logger, in the app's log format; otherwise it goes wherever warnings go (pytest, a
-    custom display, stderr).
+    custom display, stderr). Python's own display and ``captureWarnings`` would end the
+    message with the source line of the code that connected, a stray line after the
+    advice, and logging would place the record in this module: here neither does (the
+    record's ``pathname``/``lineno`` are that code's).
     """
     origin = next((c.origin for f in found for c in f.connections if c.origin), None)
+    function = origin.function if origin is not None else None
     log = logger()
     with warnings.catch_warnings():
         if (
@@ -172,11 +178,15 @@ def emit(message: str, found: list[InheritedConnections]) -> None:
             and log.hasHandlers()
             and log.isEnabledFor(logging.WARNING)
         ):
-            warnings.showwarning = _log_warning
+            warnings.showwarning = _LogAt(log, function, prefixed=True)
+        elif warnings.showwarning is getattr(logging, "_showwarning", None):
+            warnings.showwarning = _LogAt(logging.getLogger("py.warnings"), function)
+        elif _default_display():
+            warnings.showwarning = _print_without_source
         if origin is None:
             warnings.warn(message, PreForkConnectionWarning, stacklevel=2)
         else:
-            # Point the warning at the user's line, so its header and source line are it.
+            # Point the warning at the user's line: its header (and filters) say it.
             warnings.warn_explicit(
                 message, PreForkConnectionWarning, origin.filename, origin.lineno, module=__name__
             )
@@ -200,12 +210,48 @@ def _captured_into_disabled_logger() -> bool:
     return captured and logging.getLogger("py.warnings").disabled
 
 
-def _log_warning(
+def _print_without_source(
     message: Warning | str,
     category: type[Warning],
     filename: str,
     lineno: int,
-    file: object = None,
+    file: TextIO | None = None,
     line: str | None = None,
 ) -> None:
-    logger().warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+    """Python's display, minus the source line (``line=""``): the message already says
+    where each connection was opened."""
+    stream = sys.stderr if file is None else file
+    if stream is not None:
+        stream.write(warnings.formatwarning(message, category, filename, lineno, line=""))
+
+
+@dataclass(frozen=True)
+class _LogAt:
+    """A ``showwarning`` that logs one record placed at the warning's own file and line
+    (the user's code), as if logged there, instead of in this module or in logging's."""
+
+    log: logging.Logger
+    function: str | None
+    prefixed: bool = False
+    """The package's logger: ``file:line: Category: message`` (what it always said);
+    otherwise ``py.warnings``' text, Python's warning format without the source line."""
+
+    def __call__(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if self.prefixed:
+            text = f"{filename}:{lineno}: {category.__name__}: {message}"
+        else:
+            text = warnings.formatwarning(message, category, filename, lineno, line="")
+        record = self.log.makeRecord(
+            self.log.name, logging.WARNING, filename, lineno, "%s", (text.rstrip("\n"),),
+            None, func=self.function,
+        )  # fmt: skip
+        if self.log.isEnabledFor(logging.WARNING):
+            self.log.handle(record)

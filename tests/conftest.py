@@ -32,6 +32,18 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    _reloadable_pyuwsgi()
+
+
+def _reloadable_pyuwsgi() -> None:
+    """pyuwsgi in this virtualenv reloads only with binary-path naming its python: set it
+    for every uWSGI the tests start (uWSGI reads ``UWSGI_<OPTION>``), as a deployment
+    would, so inis written by tests pass the check's ``pyuwsgi-venv-reload`` finding
+    (tests/test_cli_exits.py and test_pyuwsgi_reload.py unset it)."""
+    script = Path(sys.prefix, "bin", "uwsgi")
+    if sys.prefix != sys.base_prefix and script.is_file():
+        if b"pyuwsgi" in script.read_bytes()[:4096]:
+            os.environ.setdefault("UWSGI_BINARY_PATH", str(Path(sys.prefix, "bin", "python")))
 
 
 # Modules whose tests start servers or whole test suites themselves, without the pg fixture.
@@ -43,6 +55,7 @@ _SLOW_MODULES = frozenset(
         "test_dropin_sqlalchemy.py",
         "test_harness.py",
         "test_import_cost_benchmark.py",
+        "test_pyuwsgi_reload.py",
         "test_quality.py",
     }
 )

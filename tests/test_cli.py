@@ -119,7 +119,7 @@ def test_clean_app_with_a_good_ini_has_no_findings(
         "strict": False,
         "errors": 0,
         "warnings": 0,
-        "infos": 0,
+        "notes": 0,
     }
     assert data["uwsgi_config"]["served"][0]["matches"] == "same"
 
@@ -164,7 +164,7 @@ def test_connection_checked_out_at_fork_is_always_an_error(
     lazy = ini(tmp_path, GOOD_INI + "lazy-apps = true\n")
     data = run_json(make_app(hold=True), "--ini", str(lazy))
     assert codes(data)["checked-out-at-fork"] == "error"
-    assert codes(data)["prefork-connection"] == "info"  # lazy-apps: nothing is inherited
+    assert codes(data)["prefork-connection"] == "note"  # lazy-apps: nothing is inherited
     assert data["verdict"]["exit_code"] == 1
     held = [f for f in data["findings"] if f["code"] == "checked-out-at-fork"]
     assert f"factory.py:{mark_line(FACTORY, 'hold')}" in held[0]["location"]
@@ -173,17 +173,17 @@ def test_connection_checked_out_at_fork_is_always_an_error(
 def test_lazy_apps_makes_prefork_connections_info(make_app: MakeApp, tmp_path: Path) -> None:
     for option in ("lazy-apps = true", "lazy = 1"):
         data = run_json(make_app(query=True), "--ini", str(ini(tmp_path, GOOD_INI + option)))
-        assert codes(data)["prefork-connection"] == "info"
-        assert codes(data)["lazy-apps"] == "info"
+        assert codes(data)["prefork-connection"] == "note"
+        assert codes(data)["lazy-apps"] == "note"
         assert data["uwsgi_config"]["forks"] is False
         assert data["verdict"]["exit_code"] == 0
 
 
 def test_single_process_without_master_does_not_fork(make_app: MakeApp, tmp_path: Path) -> None:
     data = run_json(make_app(query=True), "--ini", str(ini(tmp_path, "[uwsgi]\nsocket = :1\n")))
-    assert codes(data)["prefork-connection"] == "info"
-    assert codes(data)["single-worker"] == "info"
-    assert codes(data)["no-master"] == "info"
+    assert codes(data)["prefork-connection"] == "note"
+    assert codes(data)["single-worker"] == "note"
+    assert codes(data)["no-master"] == "note"
     assert data["verdict"]["exit_code"] == 0
 
 
@@ -191,7 +191,7 @@ def test_single_process_with_master_still_forks(make_app: MakeApp, tmp_path: Pat
     app = make_app(query=True, enabled=False)
     data = run_json(app, "--ini", str(ini(tmp_path, "[uwsgi]\nmaster = 1\n")))
     assert codes(data)["prefork-connection"] == "error"
-    assert codes(data)["single-worker"] == "info"
+    assert codes(data)["single-worker"] == "note"
 
 
 def test_disabled_fix_with_prefork_connections_is_an_error(make_app: MakeApp) -> None:
@@ -211,13 +211,13 @@ def test_disabled_fix_with_prefork_connections_is_an_error(make_app: MakeApp) ->
 def test_disabled_fix_is_info_when_lazy_apps_protects(make_app: MakeApp, tmp_path: Path) -> None:
     path = ini(tmp_path, GOOD_INI + "lazy-apps = true\n")
     data = run_json(make_app(query=True, enabled=False), "--ini", str(path))
-    assert codes(data)["fix-disabled"] == "info"
+    assert codes(data)["fix-disabled"] == "note"
     assert data["verdict"]["exit_code"] == 0
 
 
 def test_disabled_fix_without_connections_is_info(make_app: MakeApp) -> None:
     data = run_json(make_app(enabled=False))
-    assert codes(data)["fix-disabled"] == "info"
+    assert codes(data)["fix-disabled"] == "note"
     assert data["engines"][0]["managed"] is False
     assert data["engines"][0]["open_connections"] == 0
     assert data["verdict"]["exit_code"] == 0
@@ -226,7 +226,7 @@ def test_disabled_fix_without_connections_is_info(make_app: MakeApp) -> None:
 def test_in_memory_sqlite_is_no_engine_to_worry_about(make_app: MakeApp) -> None:
     data = run_json(make_app(url="sqlite://", query=True))
     assert data["engines"] == []
-    assert codes(data) == {"no-engines": "info", "no-uwsgi-ini": "info"}
+    assert codes(data) == {"no-engines": "note", "no-uwsgi-ini": "note"}
 
 
 def test_app_without_the_extension_says_so(make_app: MakeApp) -> None:
@@ -248,7 +248,7 @@ def test_no_master_with_several_workers_is_a_warning_and_strict_fails(
     assert "WARNING  no-master" in result.stdout
     strict = run(app, "--ini", path, "--strict")
     assert strict.exit_code == 1
-    assert "warnings count as errors with --strict" in strict.stdout
+    assert "warnings count as errors with --strict" in " ".join(strict.stdout.split())
     assert run_json(app, "--ini", path, "--strict")["verdict"]["strict"] is True
 
 
@@ -259,10 +259,10 @@ def test_info_findings_for_ini_options(
     text = GOOD_INI + "py-call-osafterfork = true\nmax-requests = 1000\nenable-threads = false\n"
     data = run_json(make_app(), "--ini", str(ini(tmp_path, text)))
     found = codes(data)
-    assert found["py-call-osafterfork"] == "info"
-    assert found["max-requests"] == "info"
-    assert found["enable-threads"] == "info"
-    assert found["no-app-in-ini"] == "info"
+    assert found["py-call-osafterfork"] == "note"
+    assert found["max-requests"] == "note"
+    assert found["enable-threads"] == "note"
+    assert found["no-app-in-ini"] == "note"
     located = {f["code"]: f["location"] for f in data["findings"]}
     assert located["max-requests"] == "uwsgi.ini:5"
     assert data["verdict"]["exit_code"] == 0
@@ -276,7 +276,7 @@ def test_py_call_osafterfork_on_python_313_is_an_error_recommending_fork_hooks(
     path = ini(tmp_path, GOOD_INI + "py-call-osafterfork = true\n")
     data = run_json(make_app(), "--ini", str(path))
     (finding,) = [f for f in data["findings"] if f["code"] == "py-call-osafterfork"]
-    assert finding["severity"] == ("error" if python_313 else "info")
+    assert finding["severity"] == ("error" if python_313 else "note")
     assert data["verdict"]["exit_code"] == (1 if python_313 else 0)
     if python_313:
         assert "py-call-uwsgi-fork-hooks = true" in finding["fix"]
@@ -307,8 +307,8 @@ def test_fork_hooks_let_the_master_close_idle_connections_itself(
     path = ini(tmp_path, GOOD_INI + "py-call-uwsgi-fork-hooks = true\n")
     data = run_json(make_app(query=True), "--ini", str(path), "--strict")
     assert data["uwsgi_config"]["py_call_uwsgi_fork_hooks"] is True
-    assert codes(data)["py-call-uwsgi-fork-hooks"] == "info"
-    assert codes(data)["prefork-connection"] == "info"  # the master closes it itself
+    assert codes(data)["py-call-uwsgi-fork-hooks"] == "note"
+    assert codes(data)["prefork-connection"] == "note"  # the master closes it itself
     assert data["verdict"]["exit_code"] == 0
     # Without the option the warning says that this option would let the master do it.
     plain = run_json(make_app(query=True), "--ini", str(ini(tmp_path, GOOD_INI)))
@@ -412,7 +412,7 @@ def test_unresolved_values_of_other_options_are_one_info(make_app: MakeApp, tmp_
     text = GOOD_INI + "logto = /var/log/%h.log\npidfile = $(PIDFILE_NOT_SET)\n"
     data = run_json(make_app(), "--ini", str(ini(tmp_path, text)))
     unresolved = [f for f in data["findings"] if f["code"] == "ini-unresolved"]
-    assert [f["severity"] for f in unresolved] == ["info"]
+    assert [f["severity"] for f in unresolved] == ["note"]
     assert "logto, pidfile" in unresolved[0]["message"]
 
 
@@ -523,19 +523,27 @@ BAD_FILES: dict[str, bytes | None] = {
 
 
 @pytest.mark.parametrize("kind", BAD_FILES)
-def test_bad_ini_files_exit_2_with_one_line(make_app: MakeApp, tmp_path: Path, kind: str) -> None:
+def test_bad_ini_files_exit_2_with_one_line_and_json_says_why(
+    make_app: MakeApp, tmp_path: Path, kind: str
+) -> None:
     path = tmp_path / f"{kind}.ini"
     content = BAD_FILES[kind]
     if content is not None:
         path.write_bytes(content)
-    for args in (("--ini", str(path)), ("--ini", str(path), "--json")):
-        result = run(make_app(), *args)
-        assert result.exit_code == 2
-        assert result.stdout == ""
-        assert result.stderr.startswith("Error: ")
-        assert result.stderr.count("\n") == 1, result.stderr
-        assert "Traceback" not in result.stderr
-        assert str(path) in result.stderr
+    app = make_app()
+    result = run(app, "--ini", str(path))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: ")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(path) in result.stderr
+    as_json = run(app, "--ini", str(path), "--json")
+    assert (as_json.exit_code, as_json.stderr) == (2, result.stderr)
+    data = json.loads(as_json.stdout)  # --json: the output always parses
+    assert data["error"] == result.stderr.removeprefix("Error: ").rstrip("\n")
+    assert data["verdict"] == {"status": "error", "exit_code": 2}
+    assert data["schema_version"] == 2
 
 
 def test_directory_instead_of_file_exits_2(make_app: MakeApp, tmp_path: Path) -> None:
@@ -552,21 +560,31 @@ def test_broken_default_ini_exits_2(make_app: MakeApp, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "usage"),
     [
-        (("--bogus",), "No such option"),
-        (("--ini",), "requires an argument"),
-        (("extra",), "unexpected extra argument"),
+        (("--bogus",), "No such option", True),
+        (("extra",), "unexpected extra argument", True),
+        (("--ini",), "requires an argument", False),  # Click prints no usage for this one
     ],
 )
-def test_usage_errors_exit_2_with_one_line(
-    make_app: MakeApp, args: tuple[str, ...], message: str
+def test_usage_errors_are_clicks_usage_line_and_error_exit_2(
+    make_app: MakeApp, args: tuple[str, ...], message: str, usage: bool
 ) -> None:
+    """As every other ``flask`` command (``flask routes --bogus``): Click's usage line and
+    hint, then ``Error: ...``, exit 2."""
     result = run(make_app(), *args)
     assert result.exit_code == 2
-    assert message in result.stderr
-    assert result.stderr.count("\n") == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith("Error: ") and message in lines[-1]
+    if usage:
+        assert lines[0].startswith("Usage: ") and lines[0].endswith(" dbfix check [OPTIONS]")
+        assert lines[1].endswith(" dbfix check --help' for help.")
+    else:
+        assert len(lines) == 1
     assert result.stdout == ""
+    with_json = run(make_app(), "--json", *args)
+    assert with_json.exit_code == 2
+    assert message in json.loads(with_json.stdout)["error"]
 
 
 # -- output ----------------------------------------------------------------------------
@@ -613,7 +631,7 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
         "findings",
         "verdict",
     ]
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert set(data["app"]) == {"name", "import_path", "pid"}
     assert set(data["extension"]) == {
         "initialised",
@@ -659,14 +677,14 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
     }
     for finding in data["findings"]:
         assert set(finding) == {"code", "severity", "message", "fix", "location"}
-        assert finding["severity"] in ("error", "warning", "info")
-    assert set(data["verdict"]) == {"status", "exit_code", "strict", "errors", "warnings", "infos"}
+        assert finding["severity"] in ("error", "warning", "note")
+    assert set(data["verdict"]) == {"status", "exit_code", "strict", "errors", "warnings", "notes"}
 
 
 def test_findings_are_ordered_by_severity(make_app: MakeApp, tmp_path: Path) -> None:
     text = "[uwsgi]\nprocesses = 4\npy-call-osafterfork = 1\n"
     data = run_json(make_app(query=True, enabled=False), "--ini", str(ini(tmp_path, text)))
-    order = {"error": 0, "warning": 1, "info": 2}
+    order = {"error": 0, "warning": 1, "note": 2}
     severities = [order[f["severity"]] for f in data["findings"]]
     assert severities == sorted(severities)
     assert len(set(severities)) == 3

@@ -136,5 +136,5 @@ def test_the_fallback_is_said_at_start_up_and_by_the_check(
     ]
     report = build_report(app, default_ini=str(tmp_path / "no.ini"))
     (note,) = [f for f in report.findings if f.code == "pid-guard-fallback"]
-    assert note.severity == "info" and "os.getpid()" in note.message
+    assert note.severity == "note" and "os.getpid()" in note.message
     engine.dispose()

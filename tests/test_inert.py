@@ -211,7 +211,7 @@ def test_no_fork_no_harm(tmp_path: Path) -> None:
     said = [line for line in seen["stderr"].splitlines() if "nothing to protect" in line]
     assert len(said) == 1 and said[0].startswith("INFO flask_uwsgi_dbfix "), seen["stderr"]
     assert seen["check"] == [0, "this platform cannot fork: no worker can inherit a connection\n"]
-    assert seen["as_json"]["schema_version"] == 1 and seen["as_json"]["can_fork"] is False
+    assert seen["as_json"]["schema_version"] == 2 and seen["as_json"]["can_fork"] is False
     assert seen["as_json"]["verdict"]["exit_code"] == 0
     assert seen["missing"][0] == 2 and "missing.ini" in seen["missing"][1]  # bad input anywhere
     assert "needs os.fork()" in seen["helper"]

@@ -84,10 +84,11 @@ import logging, os, sys
 from flask_uwsgi_dbfix import engines
 from flask_uwsgi_dbfix.prefork import emit_warning, inherited_connections
 from tests.test_prefork_warning import create_app
+FORMAT = "LOG %(levelname)s %(name)s %(pathname)s:%(lineno)d %(funcName)s: %(message)s"
 if sys.argv[1] == "basicConfig":
-    logging.basicConfig(format="LOG %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format=FORMAT)
 elif sys.argv[1] == "captureWarnings":
-    logging.basicConfig(format="LOG %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format=FORMAT)
     logging.captureWarnings(True)
 app, line = create_app(os.environ["DATABASE_URL"], query_at_creation=True)
 emit_warning(inherited_connections(engines.app_engines(app), os.getpid() + 100_000))
@@ -113,5 +114,11 @@ def test_the_warning_is_printed_once_however_logging_is_set_up(
     output = result.stdout + result.stderr
     assert output.count("PreForkConnectionWarning") == 1, output
     assert output.count(f"{__file__}:{OPENING_LINE} in create_app") == 1, output
-    # With logging configured, the one copy is in the app's log format.
+    # With logging configured, the one copy is in the app's log format, and the record
+    # is placed at the app's line, not in the package's (or logging's) own file.
     assert ("LOG WARNING " in output) is (logging_setup != "none"), output
+    if logging_setup != "none":
+        assert f" {__file__}:{OPENING_LINE} create_app: " in output, output
+    # The message ends with its advice, not with a stray copy of the connecting line.
+    assert 'db.session.execute(text("SELECT 1"))' not in output, output
+    assert "To change: " in output.rstrip().splitlines()[-1], output

@@ -455,7 +455,7 @@ def check(*command: str, **env: str) -> subprocess.CompletedProcess[str]:
     ("extra", "code", "finding"),
     [
         ("", 1, "ERROR    fix-disabled"),
-        ("import = flask_uwsgi_dbfix.auto\n", 0, "INFO     process-wide"),
+        ("import = flask_uwsgi_dbfix.auto\n", 0, "NOTE     process-wide"),
         ("pyimport = flask_uwsgi_dbfix.auto\nenv = FLASK_UWSGI_DBFIX=off\n", 1, "ERROR    fix-"),
         ("import = flask_uwsgi_dbfix.auto\nenv = FLASK_UWSGI_DBFIX=of\n", 1, "process-wide-switch"),
     ],

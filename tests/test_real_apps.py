@@ -400,7 +400,7 @@ def test_python_m_check_reads_kottis_paste_ini(
     assert f"{kotti.opener_line()} in " in out, done.stdout + done.stderr[-3000:]
     if switch:
         assert done.returncode == 0, done.stdout
-        assert "INFO process-wide The process-wide mode is on" in out
+        assert "NOTE process-wide The process-wide mode is on" in out
     else:
         assert done.returncode == 1, done.stdout
         assert "ERROR prefork-connection" in out and "ERROR fix-disabled" in out

@@ -7,6 +7,7 @@ object, whose schema (version :data:`SCHEMA_VERSION`) is documented in README.md
 from __future__ import annotations
 
 import dataclasses
+import os
 import textwrap
 from typing import Any
 
@@ -26,19 +27,31 @@ from .report import (
 )
 from .uwsgi_ini import Unresolved, UwsgiSettings
 
-__all__ = ["SCHEMA_VERSION", "render_human", "report_to_json"]
+__all__ = ["SCHEMA_VERSION", "WIDTH", "error_json", "render_human", "report_to_json", "width"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: severity ``note`` (was ``info``), ``verdict.notes`` (was ``infos``), ``error`` objects."""
 WIDTH = 80
+"""The report's width unless ``COLUMNS`` says otherwise."""
+MIN_WIDTH = 60
+"""Narrower than this the option table (28 columns of names) has no room: ``COLUMNS``
+below it counts as this."""
 
-_SEVERITY_COLOR = {"error": "red", "warning": "yellow", "info": "cyan"}
+_SEVERITY_COLOR = {"error": "red", "warning": "yellow", "note": "cyan"}
+
+
+def width() -> int:
+    """``COLUMNS`` when it is a number (as ``ls`` and Click's help read it), else 80;
+    never the terminal's size, so a report reads the same on screen and in a CI log."""
+    value = os.environ.get("COLUMNS", "")
+    return max(int(value), MIN_WIDTH) if value.isdecimal() else WIDTH
 
 
 # -- JSON ------------------------------------------------------------------------------
 
 
 def report_to_json(report: CheckReport, strict: bool = False) -> dict[str, Any]:
-    """The ``--json`` object; its schema is documented in README.md (version 1)."""
+    """The ``--json`` object; its schema is documented in ``docs/cli.md``."""
     code = exit_code(report, strict)
     found: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -59,7 +72,7 @@ def report_to_json(report: CheckReport, strict: bool = False) -> dict[str, Any]:
             "strict": strict,
             "errors": report.count("error"),
             "warnings": report.count("warning"),
-            "infos": report.count("info"),
+            "notes": report.count("note"),
         },
     }
     # Every string, whatever field it is in (an ini's env line, a mountpoint, a spec).
@@ -159,13 +172,25 @@ def _unresolved_json(u: Unresolved) -> dict[str, Any]:
     }
 
 
+def error_json(message: str) -> dict[str, Any]:
+    """The ``--json`` object when the check stopped (bad input, an app that does not load):
+    still one parseable object, with the one-line message and exit status 2."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "error": mask_passwords(message),
+        "verdict": {"status": "error", "exit_code": 2},
+    }
+
+
 # -- human output ----------------------------------------------------------------------
 
 
-def render_human(report: CheckReport, color: bool = False, strict: bool = False) -> str:
-    """A short report for an 80-column terminal; ANSI colour only when ``color``."""
-    out = _Writer(color)
-    out.line(out.bold(f"{report.command}: app '{report.app_name}' (pid {report.pid})"))
+def render_human(
+    report: CheckReport, color: bool = False, strict: bool = False, columns: int = WIDTH
+) -> str:
+    """A short report ``columns`` wide (80 by default); ANSI colour only when ``color``."""
+    out = _Writer(color, columns)
+    out.heading(f"{report.command}: app '{report.app_name}' (pid {report.pid})", blank=False)
     if report.process_wide is not None:
         out.wrapped(f"process-wide mode on: {report.process_wide}", 2, "  ")
     _render_engines(out, report)
@@ -179,8 +204,9 @@ def render_human(report: CheckReport, color: bool = False, strict: bool = False)
 class _Writer:
     """Collects lines, wrapping long ones with a hanging indent."""
 
-    def __init__(self, color: bool) -> None:
+    def __init__(self, color: bool, columns: int = WIDTH) -> None:
         self.color = color
+        self.columns = columns
         self.lines: list[str] = []
 
     def style(self, text: str, **kwargs: Any) -> str:
@@ -192,16 +218,18 @@ class _Writer:
     def line(self, text: str = "") -> None:
         self.lines.append(text)
 
-    def heading(self, text: str) -> None:
-        self.line()
-        self.line(self.bold(text))
+    def heading(self, text: str, blank: bool = True) -> None:
+        if blank:
+            self.line()
+        for line in textwrap.wrap(text, self.columns, break_long_words=False) or [text]:
+            self.line(self.bold(line))
 
     def wrapped(self, text: str, indent: int, first: str = "") -> None:
         """``first`` (padded to ``indent`` visible chars) then ``text`` wrapped to fit.
         Never inside a word: a path or URL longer than a line stays whole (copyable)
         and overflows rather than be cut."""
         lines = textwrap.wrap(
-            text, WIDTH - indent, break_long_words=False, break_on_hyphens=False
+            text, max(self.columns - indent, 20), break_long_words=False, break_on_hyphens=False
         ) or [""]
         self.line((first or " " * indent) + lines[0])
         for line in lines[1:]:
@@ -297,7 +325,7 @@ def _render_verdict(out: _Writer, report: CheckReport, strict: bool) -> None:
     code = exit_code(report, strict)
     summary = (
         f"{plural(errors, 'error')}, {plural(report.count('warning'), 'warning')}, "
-        f"{plural(report.count('info'), 'note')}"
+        f"{plural(report.count('note'), 'note')}"
     )
     if code:
         verdict = out.style("FAIL", fg="red", bold=True)
@@ -309,4 +337,10 @@ def _render_verdict(out: _Writer, report: CheckReport, strict: bool) -> None:
         verdict = out.style("OK", fg="green", bold=True)
         why = "nothing to fix"
     out.line()
-    out.line(f"Verdict: {verdict}: {summary}; {why} (exit {code}).")
+    # Wrapped like the rest: the plain text decides where (the colour codes take no room).
+    plain = f"Verdict: {'FAIL' if code else 'OK'}: {summary}; {why} (exit {code})."
+    lines = textwrap.wrap(
+        plain, out.columns, subsequent_indent=" " * len("Verdict: "), break_long_words=False
+    ) or [plain]
+    lines[0] = lines[0].replace("FAIL" if code else "OK", verdict, 1)
+    out.lines.extend(lines)

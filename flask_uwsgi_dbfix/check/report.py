@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-Severity = Literal["error", "warning", "info"]
+Severity = Literal["error", "warning", "note"]
 
 
 # -- the report ------------------------------------------------------------------------

@@ -34,6 +34,7 @@ RULES: tuple[Rule, ...] = (
     ini.lazy_apps,
     ini.py_call_osafterfork,
     ini.py_call_uwsgi_fork_hooks,
+    ini.pyuwsgi_venv_reload,
     ini.single_worker,
     ini.max_requests,
     ini.enable_threads,
@@ -46,10 +47,10 @@ RULES: tuple[Rule, ...] = (
 )
 """Every rule, in the order their findings are listed within a severity."""
 
-_SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
+_SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "note": 2}
 
 
 def find(report: CheckReport) -> tuple[Finding, ...]:
-    """Every rule's findings about ``report``, errors first, then warnings, then infos."""
+    """Every rule's findings about ``report``, errors first, then warnings, then notes."""
     found = [finding for rule in RULES for finding in rule(report)]
     return tuple(sorted(found, key=lambda f: _SEVERITY_ORDER[f.severity]))

@@ -31,7 +31,7 @@ def no_engines(report: CheckReport) -> list[Finding]:
     return [
         Finding(
             "no-engines",
-            "info",
+            "note",
             "No engine for this app (in-memory SQLite is left alone: a fork copies "
             "it safely); nothing can be inherited.",
         )
@@ -62,7 +62,7 @@ def prefork_connections(report: CheckReport) -> list[Finding]:
             found.append(
                 Finding(
                     "prefork-connection",
-                    "info",
+                    "note",
                     opened + "The master closes it before forking (py-call-uwsgi-fork-hooks "
                     "with DBFIX_CLOSE_BEFORE_FORK): workers inherit nothing.",
                     None,
@@ -79,7 +79,7 @@ def prefork_connections(report: CheckReport) -> list[Finding]:
         )
         if not managed and _is_unmanaged_extra(report, engine):
             fix = _manage_fix(engine) + " Or: " + fix[0].lower() + fix[1:]
-        elif severity != "info" and not held and _fork_hooks_would_help(report):
+        elif severity != "note" and not held and _fork_hooks_would_help(report):
             # An app under the process-wide mode is usually one you cannot edit: the ini
             # line comes first then.
             fix = (
@@ -135,7 +135,7 @@ def process_wide(report: CheckReport) -> list[Finding]:
     return [
         Finding(
             "process-wide",
-            "info",
+            "note",
             f"The process-wide mode is on ({report.process_wide}): every SQLAlchemy engine "
             "the process makes is fork-safe, without FlaskDBFix.",
         )
@@ -182,7 +182,7 @@ def fix_disabled(report: CheckReport) -> list[Finding]:
     return [
         Finding(
             "fix-disabled",
-            "error" if inherits else "info",
+            "error" if inherits else "note",
             f"{what}: workers keep connections inherited from the master{now}",
             fix,
         )
@@ -198,7 +198,7 @@ def _prefork_severity(report: CheckReport, engine: str, forks: bool | None) -> S
     """Error only when workers would really share the socket: the fix makes each worker
     drop its copy of a managed engine's connections, leaving a wasted idle one."""
     if forks is False:
-        return "info"
+        return "note"
     return "warning" if _is_managed(report, engine) or forks is None else "error"
 
 
@@ -269,5 +269,5 @@ def pid_guard_fallback(report: CheckReport) -> list[Finding]:
     from ...forkwatch import FALLBACK_NOTE
 
     return [
-        Finding("pid-guard-fallback", "info", FALLBACK_NOTE[0].upper() + FALLBACK_NOTE[1:] + ".")
+        Finding("pid-guard-fallback", "note", FALLBACK_NOTE[0].upper() + FALLBACK_NOTE[1:] + ".")
     ]

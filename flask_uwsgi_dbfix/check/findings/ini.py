@@ -4,6 +4,8 @@ and the values it would read differently from what was meant."""
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 import sys
 from collections.abc import Callable
 
@@ -23,6 +25,8 @@ __all__ = [
     "osafterfork_kills_workers",
     "py_call_osafterfork",
     "py_call_uwsgi_fork_hooks",
+    "pyuwsgi_venv_python",
+    "pyuwsgi_venv_reload",
     "served_app",
     "single_worker",
     "threads_exceed_pool",
@@ -49,7 +53,7 @@ def no_uwsgi_ini(report: CheckReport) -> list[Finding]:
     return [
         Finding(
             "no-uwsgi-ini",
-            "info",
+            "note",
             "No uWSGI ini audited (no --ini and no ./uwsgi.ini); assuming uWSGI loads "
             "the app in its master and forks the workers.",
             "Pass --ini PATH to audit the config uWSGI will run with.",
@@ -70,7 +74,7 @@ def no_master(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
     return [
         Finding(
             "no-master",
-            "warning" if forking else "info",
+            "warning" if forking else "note",
             "No master process: uwsgidecorators.postfork needs it, so the extension "
             "falls back to chaining uwsgi.post_fork_hook and to its pid guard.",
             "Set master = true.",
@@ -88,7 +92,7 @@ def lazy_apps(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
     return [
         Finding(
             "lazy-apps",
-            "info",
+            "note",
             f"{s.lazy_key} is on: every worker loads the app itself, so nothing is "
             "inherited. Correct, but it costs memory (no copy-on-write sharing) and "
             "start-up time; not needed with the fix.",
@@ -126,7 +130,7 @@ def py_call_osafterfork(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding
     return [
         Finding(
             "py-call-osafterfork",
-            "info",
+            "note",
             "py-call-osafterfork is on: os.register_at_fork hooks run in workers, so "
             "the extension's os-level hook drops inherited connections too.",
             None,
@@ -171,11 +175,56 @@ def py_call_uwsgi_fork_hooks(report: CheckReport, uwsgi: UwsgiReport) -> list[Fi
     return [
         Finding(
             "py-call-uwsgi-fork-hooks",
-            "info",
+            "note",
             "py-call-uwsgi-fork-hooks is on: the master runs os.register_at_fork hooks "
             f"before each worker fork, {effect}, and workers run their after-fork hooks.",
             None,
             where,
+        )
+    ]
+
+
+def pyuwsgi_venv_python() -> str | None:
+    """The virtualenv's python when ``uwsgi`` here is pyuwsgi's script in a virtualenv
+    (``pip install pyuwsgi``: a Python script, not uWSGI's own binary); else ``None``."""
+    if sys.prefix == sys.base_prefix or importlib.util.find_spec("pyuwsgi") is None:
+        return None
+    script = os.path.join(sys.prefix, "bin", "uwsgi")
+    try:
+        with open(script, "rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return None
+    if not head.startswith(b"#!") or b"pyuwsgi" not in head:
+        return None  # uWSGI's compiled binary re-executes itself fine
+    return os.path.join(sys.prefix, "bin", "python")
+
+
+@about_the_ini
+def pyuwsgi_venv_reload(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
+    """``pyuwsgi-venv-reload``: uWSGI reloads by re-executing its binary, which for pyuwsgi
+    is the interpreter behind the virtualenv's symlink (``/proc/self/exe``): the base
+    Python, without the virtualenv, cannot import pyuwsgi and the server dies. Measured
+    with pyuwsgi 2.0.30: ``binary-path = <venv>/bin/python`` reloads; ``<venv>/bin/uwsgi``
+    (the script) does not."""
+    python = pyuwsgi_venv_python()
+    if python is None or uwsgi.ini.last("binary-path") is not None:
+        return []
+    if os.environ.get("UWSGI_BINARY_PATH"):  # uWSGI reads every option from UWSGI_<NAME>
+        return []
+    if any(item.key == "binary-path" for item in uwsgi.ini.unresolved):
+        return []  # set under a condition or a placeholder: uWSGI decides, not guessed
+    base = os.path.realpath(python)
+    return [
+        Finding(
+            "pyuwsgi-venv-reload",
+            "warning",
+            f"uwsgi here is pyuwsgi's script in the virtualenv {sys.prefix} and the ini sets "
+            "no binary-path: on a reload (SIGHUP, touch-reload, a graceful restart) uWSGI "
+            f"re-executes {base}, which is outside the virtualenv and cannot import "
+            "pyuwsgi, so the whole server goes down.",
+            f"Add binary-path = {python} to the ini (the virtualenv's python, not its "
+            "uwsgi script), or set UWSGI_BINARY_PATH to it where uWSGI starts.",
         )
     ]
 
@@ -193,7 +242,7 @@ def single_worker(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
     return [
         Finding(
             "single-worker",
-            "info",
+            "note",
             "processes is not set or 1: uWSGI runs a single worker, so no two "
             f"workers share a connection{respawn}.",
             None,
@@ -211,7 +260,7 @@ def max_requests(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
     return [
         Finding(
             "max-requests",
-            "info",
+            "note",
             f"max-requests = {s.max_requests}: workers are recycled and every new one "
             "is forked from the master again; the fix's post-fork hook runs in each.",
             None,
@@ -228,7 +277,7 @@ def enable_threads(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
     return [
         Finding(
             "enable-threads",
-            "info",
+            "note",
             "enable-threads is off: uWSGI before 2.0.27 then runs no Python threads "
             "(2.0.27 and later enable them anyway).",
             None,
@@ -320,7 +369,7 @@ def served_app(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
         return [
             Finding(
                 "no-app-in-ini",
-                "info",
+                "note",
                 "The ini names no app (module, wsgi-file or mount); it may be given on "
                 "uWSGI's command line. Not compared with this app.",
             )
@@ -331,7 +380,7 @@ def served_app(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
     where = _ini_location(uwsgi.ini, "module", "wsgi", "wsgi-file", "file", "mount")
     details = "; ".join(m.detail for m in uwsgi.matches)
     if "unknown" in statuses:
-        return [Finding("app-unconfirmed", "info", f"Could not confirm: {details}.", None, where)]
+        return [Finding("app-unconfirmed", "note", f"Could not confirm: {details}.", None, where)]
     specs = ", ".join(m.app.spec for m in uwsgi.matches)
     return [
         Finding(
@@ -386,7 +435,7 @@ def unresolved_values(report: CheckReport, uwsgi: UwsgiReport) -> list[Finding]:
         found.append(
             Finding(
                 "ini-unresolved",
-                "info",
+                "note",
                 f"{plural(len(rest), 'other value')} cannot be resolved without running uWSGI "
                 f"(options: {mask_passwords(keys)}); none of them decides how the app is forked.",
             )
