@@ -422,19 +422,34 @@ def open_connections(engine: Engine) -> list[OpenedConnection]:
     return managed.open_connections() if managed is not None else []
 
 
-def all_engines() -> list[ManagedEngine]:
+class LiveEngines(list[ManagedEngine]):
+    """Managed engines that were alive when listed, kept alive while the list is: an engine
+    left in a garbage cycle could otherwise be collected between that check and its use
+    (``ManagedEngine.engine`` would raise ``ReferenceError``)."""
+
+    def __init__(self, managed: Iterable[ManagedEngine], pinned: Iterable[Engine]) -> None:
+        super().__init__(managed)
+        self.pinned = tuple(pinned)
+
+
+def all_engines() -> LiveEngines:
     """Every live engine managed in this process, in the order they were managed."""
     with _lock:
-        return [m for m in list(_managed.values()) if m.engine_ref() is not None]
+        entries = list(_managed.values())
+    alive = [(m, m.engine_ref()) for m in entries]
+    return LiveEngines(
+        (m for m, e in alive if e is not None), (e for _, e in alive if e is not None)
+    )
 
 
-def app_engines(app: Flask) -> list[ManagedEngine]:
+def app_engines(app: Flask) -> LiveEngines:
     """Every engine managed for ``app`` (all binds, default first), plus the
     ``register()``-ed ones and those of the process-wide mode."""
     managed = all_engines()
     own = [m for m in managed if m.app is app]
     own.sort(key=lambda m: (m.name != DEFAULT_BIND_NAME, m.name))
-    return own + [m for m in managed if m.app is None and m.source != "flask-sqlalchemy"]
+    shared = [m for m in managed if m.app is None and m.source != "flask-sqlalchemy"]
+    return LiveEngines(own + shared, managed.pinned)
 
 
 def covers_nothing() -> bool:

@@ -200,7 +200,8 @@ def _close_and_warn() -> None:
     pid = os.getpid()
     if engines.is_pending():
         engines.adopt_app_engines()
-    mine = [m for m in engines.all_engines() if m.owner_pid == pid]
+    live = engines.all_engines()  # keeps them alive until the close and the warning are done
+    mine = [m for m in live if m.owner_pid == pid]
     if not mine:
         if _hooks.startup_token is None and not _hooks.uncovered_checked:
             _hooks.uncovered_checked = True  # once per parent, at its first fork
