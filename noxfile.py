@@ -72,7 +72,7 @@ FORK_LEGS = [
 def _uv_sync(session: nox.Session, *extra: str) -> None:
     """Install the lock's versions into the session's venv (not ./.venv)."""
     session.run_install(
-        "uv", "sync", "--locked", "--no-dev", "--extra", "test", *extra,
+        "uv", "sync", "--locked", "--no-dev", "--group", "test", *extra,
         f"--python={session.virtualenv.location}",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )  # fmt: skip
@@ -114,7 +114,7 @@ def fork(session: nox.Session, sqlalchemy: str, driver: str) -> None:
 @nox.session(python="3.13")
 def newest(session: nox.Session) -> None:
     """No lock: the newest release of every dependency, as a new user gets them today."""
-    session.install("--resolution=highest", "-e", ".[test]")
+    session.install("--resolution=highest", "-e", ".", "--group", "test")
     _pytest(session, "newest", *FORK_TESTS, "tests/test_cli.py", "tests/test_unmanaged.py")
 
 
@@ -146,10 +146,10 @@ def wheel(session: nox.Session) -> None:
         shutil.rmtree(unpacked / "flask_uwsgi_dbfix")  # the tests must use the installed wheel
         locked = dist / "locked.txt"  # the lock's versions of the test dependencies
         session.run_install(
-            "uv", "export", "--locked", "--no-dev", "--extra", "test", "--no-emit-project",
+            "uv", "export", "--locked", "--no-dev", "--group", "test", "--no-emit-project",
             "--no-hashes", "--quiet", "--project", str(ROOT), "--output-file", str(locked),
         )  # fmt: skip
-        session.install(f"{wheel_file}[test]", "-c", str(locked))
+        session.install(str(wheel_file), "-r", str(locked))
         session.run_install("uv", "pip", "install", f"SQLAlchemy=={LOCKED_SQLALCHEMY[sqlalchemy]}")
         session.chdir(unpacked)
         session.run(
@@ -176,7 +176,7 @@ def wheel(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def docs(session: nox.Session) -> None:
     """Build the Sphinx docs with warnings as errors, and run their code examples."""
-    _uv_sync(session, "--extra", "docs")
+    _uv_sync(session, "--group", "docs")
     out = Path(tempfile.mkdtemp(prefix="dbfix-docs-"))
     try:
         session.run("python", "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",

@@ -1,5 +1,5 @@
 """Check what the release files contain: the wheel only the package (with py.typed), the
-sdist the tests and what they need.
+sdist the tests and all they run (benchmarks, docs, scripts).
 
     python scripts/check_dist.py WHEEL SDIST
 """
@@ -23,7 +23,12 @@ def main(wheel: str, sdist: str) -> int:
         problems.append("wheel: no LICENSE in .dist-info/licenses/")
     with tarfile.open(sdist) as archive:
         members = {m.name.split("/", 1)[1] for m in archive.getmembers() if "/" in m.name}
-    for needed in ("tests/conftest.py", "tests/apps/bug_app.py", "harness/postgres.py", "LICENSE"):
+    needed_in_sdist = (
+        "tests/conftest.py", "tests/apps/bug_app.py", "harness/postgres.py", "LICENSE",
+        "PYPI.md", "benchmarks/__main__.py", "benchmarks/results/benchmarks.json",
+        "docs/conf.py", "docs/index.md", ".readthedocs.yaml",
+    )  # fmt: skip
+    for needed in needed_in_sdist:
         if needed not in members:
             problems.append(f"sdist: no {needed}")
     for problem in problems:

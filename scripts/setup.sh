@@ -36,7 +36,9 @@ if [ ! -x "$UV_HOME/bin/uv" ]; then
 fi
 export UV_PYTHON_DOWNLOADS=never
 echo "setup: uv sync --locked (.venv with $("$PYTHON" --version))"
-"$UV_HOME/bin/uv" sync -q --locked --all-extras --python "$PYTHON"
+# Every extra and every dependency group (test, docs, bench, dev): what the suite, the docs,
+# the benchmarks and the matrix need.
+"$UV_HOME/bin/uv" sync -q --locked --all-extras --all-groups --python "$PYTHON"
 
 # Flask-SQLAlchemy's own test suite (in its sdist) is run with our extension added, to prove
 # the drop-in breaks nothing (tests/test_dropin_flask_sqlalchemy.py). The version is the
