@@ -9,11 +9,15 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.postgres import PostgresServer, postgres_server
 from harness.uwsgi import UwsgiServer, app_args, start_uwsgi
+
+if TYPE_CHECKING:
+    from harness.mariadb import MariaDBServer
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_names = itertools.count(1)
@@ -78,7 +82,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     uses, so a new test is placed without anyone remembering to mark it."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if "pg" not in fixtures and item.path.name not in _SLOW_MODULES:
+        if not fixtures & {"pg", "mariadb"} and item.path.name not in _SLOW_MODULES:
             item.add_marker(pytest.mark.fast)
 
 
@@ -86,6 +90,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pg() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL 15 with ssl=on that refuses TCP without SSL."""
     with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    """A throwaway MariaDB (Debian's) that accepts the app's user over TLS only. Imported
+    here, not at the top: legs that run no MariaDB test need no PyMySQL."""
+    from harness.mariadb import mariadb_server
+
+    with mariadb_server() as server:
         yield server
 
 

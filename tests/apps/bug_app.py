@@ -27,6 +27,11 @@ PROBE = text(
     "SELECT pg_backend_pid(), inet_server_port(),"
     " (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())"
 )
+# MariaDB/MySQL: the connection's id is its server thread, as a backend pid is PostgreSQL's.
+MYSQL_PROBE = text(
+    "SELECT CONNECTION_ID(), @@port, (SELECT VARIABLE_VALUE <> ''"
+    " FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher')"
+)
 
 FIX = os.environ.get("DBFIX_FIX", "0") == "1"
 IMPORT_QUERY = os.environ.get("IMPORT_QUERY", "1") == "1"
@@ -55,9 +60,10 @@ def engines() -> dict[str, Engine]:
 
 
 def probe(engine: Engine) -> dict[str, Any]:
+    statement = MYSQL_PROBE if engine.dialect.name in ("mysql", "mariadb") else PROBE
     with engine.connect() as conn:  # MARK: probe connects
-        backend, port, ssl = conn.execute(PROBE).one()
-    return {"backend": backend, "port": port, "ssl": ssl}
+        backend, port, ssl = conn.execute(statement).one()
+    return {"backend": backend, "port": port, "ssl": bool(ssl)}
 
 
 class Item(db.Model):  # type: ignore[name-defined,misc]
