@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 
+import psycopg2
 import pytest
 import sqlalchemy
 
 from harness.load import run_load
-from harness.pgbouncer import PgBouncerServer
+from harness.pgbouncer import PgBouncerServer, pgbouncer_server
+from harness.postgres import PostgresServer, process_alive
 
 from .conftest import StartWeb
 
@@ -32,6 +34,22 @@ def env_through(bouncer: PgBouncerServer, pool_mode: str, driver: str) -> dict[s
         # Read by Flask's from_prefixed_env as JSON: SQLALCHEMY_ENGINE_OPTIONS.
         env["WEB_SQLALCHEMY_ENGINE_OPTIONS"] = NO_PREPARE
     return env
+
+
+def test_pgbouncer_refuses_clients_without_tls_and_stops_by_its_pid(pg: PostgresServer) -> None:
+    with pgbouncer_server(pg) as bouncer:
+        plain = {
+            "host": "127.0.0.1", "port": bouncer.port, "user": bouncer.user,
+            "password": bouncer.password, "dbname": bouncer.dbname("session"),
+            "sslmode": "disable", "connect_timeout": 5,
+        }  # fmt: skip
+        with pytest.raises(psycopg2.OperationalError, match="SSL required"):
+            psycopg2.connect(**plain).close()
+        assert bouncer.show("CLIENTS")[0]["tls"].startswith("TLSv1.")  # the console's own
+        pid = bouncer.server.pid
+    assert not process_alive(pid)
+    assert not bouncer.root.exists()
+    assert bouncer.password not in bouncer.masked_url("session")
 
 
 def test_without_fix_requests_fail_through_pgbouncer(
