@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.gunicorn import GunicornServer, start_gunicorn
+from harness.pgbouncer import PgBouncerServer, pgbouncer_server
 from harness.postgres import PostgresServer
 from harness.redis import RedisServer, redis_server
 from harness.uwsgi import UwsgiServer, app_args
@@ -40,6 +41,14 @@ def forget_registered_engines() -> Iterator[None]:
 def redis() -> Iterator[RedisServer]:
     """Debian's redis-server on a free port, no persistence, for Celery and RQ."""
     with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg: PostgresServer) -> Iterator[PgBouncerServer]:
+    """Debian's PgBouncer in front of the session's PostgreSQL, TLS on both sides; its
+    databases ``app_transaction`` and ``app_session`` pool by transaction and by session."""
+    with pgbouncer_server(pg) as server:
         yield server
 
 
