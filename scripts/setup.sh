@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests, demo and benchmarks need on a fresh Debian 12 machine, as root:
-# PostgreSQL, Redis and PgBouncer from Debian, then the locked Python environment in ./.venv (uv.lock).
+# PostgreSQL, Redis, PgBouncer and MariaDB from Debian, then the locked Python environment in
+# ./.venv (uv.lock).
 # Idempotent: a second run skips apt and lets uv confirm that .venv matches the lock.
 #
 # PYTHON picks the interpreter of .venv (default: python3 on PATH). Nothing else from the
@@ -15,17 +16,18 @@ need_apt=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql-15)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
+[ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} with apt-get"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
     # Debian starts the services it installs; the tests start their own servers.
-    for service in postgresql redis-server pgbouncer; do
+    for service in postgresql redis-server pgbouncer mariadb; do
         command -v systemctl >/dev/null && systemctl stop "$service" 2>/dev/null || true
     done
 else
-    echo "setup: PostgreSQL, Redis and PgBouncer servers already installed"
+    echo "setup: PostgreSQL, Redis, PgBouncer and MariaDB servers already installed"
 fi
 
 # uv makes .venv from uv.lock; it runs from its own venv so the machine's Python is untouched.
