@@ -22,6 +22,7 @@ import click
 from .commands import (
     BadInput,
     JsonErrorCommand,
+    budget_options,
     describe_exception,
     echo_error_json,
     print_report,
@@ -30,6 +31,7 @@ from .commands import (
 from .config import DEFAULT_INI
 
 if TYPE_CHECKING:
+    from .check.report import BudgetOptions
     from .check.uwsgi_ini import UwsgiIni
 
 __all__ = ["main"]
@@ -56,7 +58,16 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (for CI).")
-def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, strict: bool) -> None:
+@budget_options
+def check_command(
+    ini_path: str | None,
+    app_spec: str | None,
+    as_json: bool,
+    strict: bool,
+    db_max_connections: int | None,
+    instances: int,
+    from_server: bool,
+) -> None:
     """Load the app as uWSGI's master would, report the connections its workers would
     inherit and whether anything makes them safe, audit the ini, and give a verdict.
 
@@ -65,7 +76,10 @@ def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, str
     """
     out = report_stream()  # the report's stream, whatever the app does to sys.stdout
     try:
-        _check(ini_path, app_spec, as_json, strict, out)
+        from .check.report import BudgetOptions
+
+        budget = BudgetOptions(db_max_connections, instances, from_server)
+        _check(ini_path, app_spec, as_json, strict, out, budget)
     except BadInput as exc:
         if as_json:
             echo_error_json(exc.format_message(), out)
@@ -73,7 +87,12 @@ def check_command(ini_path: str | None, app_spec: str | None, as_json: bool, str
 
 
 def _check(
-    ini_path: str | None, app_spec: str | None, as_json: bool, strict: bool, out: TextIO
+    ini_path: str | None,
+    app_spec: str | None,
+    as_json: bool,
+    strict: bool,
+    out: TextIO,
+    budget: BudgetOptions,
 ) -> None:
     ctx = click.get_current_context()
     if not hasattr(os, "register_at_fork"):
@@ -107,7 +126,12 @@ def _check(
         command = "python -m flask_uwsgi_dbfix check"
         with app.app_context() if isinstance(app, Flask) else contextlib.nullcontext():
             report = build_report(
-                app, ini_path, app_import_path=app_spec, scan_process=True, command=command
+                app,
+                ini_path,
+                app_import_path=app_spec,
+                scan_process=True,
+                command=command,
+                budget=budget,
             )
     ctx.exit(print_report(report, out, as_json=as_json, strict=strict))
 

@@ -129,6 +129,30 @@ def max_overflow(pool: Pool) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _connect_params(engine: Engine) -> Mapping[str, Any] | None:
+    """The keywords ``create_engine()`` passes to the driver's ``connect()`` (from the URL
+    and ``connect_args``): the ``cparams`` its ``connect`` closure holds, read without
+    connecting; ``None`` when that closure is not there. Holds the password too: callers
+    read one key and never print the mapping."""
+    creator = getattr(engine.pool, "_creator", None)
+    code, cells = getattr(creator, "__code__", None), getattr(creator, "__closure__", None)
+    if code is None or cells is None or "cparams" not in code.co_freevars:
+        return None
+    params = cells[code.co_freevars.index("cparams")].cell_contents
+    return params if isinstance(params, Mapping) else None
+
+
+def psycopg_prepares_statements(engine: Engine) -> bool | None:
+    """psycopg 3 prepares a statement once it ran ``prepare_threshold`` times (default 5)
+    unless that is ``None``; ``None`` when this is not psycopg 3 or cannot be read."""
+    if engine.dialect.driver != "psycopg":
+        return None
+    params = _connect_params(engine)
+    if params is None:
+        return None
+    return params.get("prepare_threshold", 5) is not None
+
+
 # -- Flask-SQLAlchemy ---------------------------------------------------------------------
 
 

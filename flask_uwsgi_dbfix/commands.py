@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 import click
@@ -23,16 +24,45 @@ from flask.cli import AppGroup, ScriptInfo
 from .config import DEFAULT_INI, ConfigError
 
 if TYPE_CHECKING:
-    from .check.report import CheckReport
+    from .check.report import BudgetOptions, CheckReport
 
 __all__ = [
     "BadInput",
     "JsonErrorCommand",
+    "budget_options",
     "dbfix_cli",
     "describe_exception",
     "echo_error_json",
     "report_stream",
 ]
+
+
+def budget_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--db-max-connections``, ``--instances`` and ``--db-max-connections-from-server``,
+    for both checks: the ``connection-budget`` finding."""
+    command = click.option(
+        "--db-max-connections-from-server",
+        "from_server",
+        is_flag=True,
+        help="Connect once per database server and read the connections it allows "
+        "(max_connections minus the reserved ones). Never done without this option.",
+    )(command)
+    command = click.option(
+        "--instances",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        metavar="N",
+        help="App server instances sharing the database (each with this ini).",
+    )(command)
+    return click.option(
+        "--db-max-connections",
+        "db_max_connections",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Connections the database server allows this app's user; the check compares "
+        "what the deployment can hold with it.",
+    )(command)
 
 
 class BadInput(click.ClickException):
@@ -113,7 +143,15 @@ def dbfix_cli() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (for CI).")
-def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
+@budget_options
+def check_command(
+    ini_path: str | None,
+    as_json: bool,
+    strict: bool,
+    db_max_connections: int | None,
+    instances: int,
+    from_server: bool,
+) -> None:
     """Report connections the uWSGI master would hand to its workers, audit the
     uWSGI ini, and give a verdict.
 
@@ -122,14 +160,19 @@ def check_command(ini_path: str | None, as_json: bool, strict: bool) -> None:
     """
     out = report_stream()  # the report's stream, whatever the app does to sys.stdout
     try:
-        _check(ini_path, as_json, strict, out)
+        from .check.report import BudgetOptions
+
+        budget = BudgetOptions(db_max_connections, instances, from_server)
+        _check(ini_path, as_json, strict, out, budget)
     except BadInput as exc:
         if as_json:
             echo_error_json(exc.format_message(), out)
         raise
 
 
-def _check(ini_path: str | None, as_json: bool, strict: bool, out: TextIO) -> None:
+def _check(
+    ini_path: str | None, as_json: bool, strict: bool, out: TextIO, budget: BudgetOptions
+) -> None:
     ctx = click.get_current_context()
     from .check import build_report
     from .check.output import SCHEMA_VERSION
@@ -171,7 +214,11 @@ def _check(ini_path: str | None, as_json: bool, strict: bool, out: TextIO) -> No
             # Every engine holding a connection counts, managed or not: an app's own
             # create_engine() inherits as badly (what assert_fork_safe finds too).
             report = build_report(
-                app, ini_path, app_import_path=info.app_import_path, scan_process=True
+                app,
+                ini_path,
+                app_import_path=info.app_import_path,
+                scan_process=True,
+                budget=budget,
             )
         except IniError as exc:
             raise BadInput(str(exc)) from None

@@ -231,8 +231,10 @@ def _log_tail(path: Path, start: int = 0, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def start_postgres(*, port: int | None = None) -> PostgresServer:
-    """initdb + start a fresh server on 127.0.0.1 with an app role and database."""
+def start_postgres(*, port: int | None = None, max_connections: int = 300) -> PostgresServer:
+    """initdb + start a fresh server on 127.0.0.1 with an app role and database.
+    ``max_connections``: the tests' default leaves room for every uWSGI worker; the
+    connection-budget tests start one with the low limit a small managed database has."""
     bindir = find_bindir()
     account = _server_account()
     root = Path(tempfile.mkdtemp(prefix="dbfix-pg-", dir="/tmp"))
@@ -269,7 +271,8 @@ def start_postgres(*, port: int | None = None) -> PostgresServer:
             options = (
                 f"-p {chosen} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}"
                 f" -c ssl=on -c ssl_cert_file={cert_path} -c ssl_key_file={key_path}"
-                " -c password_encryption=scram-sha-256 -c fsync=off -c max_connections=300"
+                " -c password_encryption=scram-sha-256 -c fsync=off"
+                f" -c max_connections={max_connections}"
             )
             done = _run_as(
                 account,
@@ -434,8 +437,8 @@ def stop_postgres(server: PostgresServer) -> None:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    server = start_postgres()
+def postgres_server(*, max_connections: int = 300) -> Iterator[PostgresServer]:
+    server = start_postgres(max_connections=max_connections)
     try:
         yield server
     finally:

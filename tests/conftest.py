@@ -82,7 +82,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     uses, so a new test is placed without anyone remembering to mark it."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if not fixtures & {"pg", "mariadb"} and item.path.name not in _SLOW_MODULES:
+        if not fixtures & {"pg", "mariadb", "small_pg"} and item.path.name not in _SLOW_MODULES:
             item.add_marker(pytest.mark.fast)
 
 

@@ -33,10 +33,13 @@ from ..masking import masked_url
 from ..process_wide import ENV_VAR, SwitchError, requested
 from ..process_wide import is_on as process_wide_is_on
 from ..unmanaged import UNMANAGED, connected_unmanaged_engines
+from .budget import compute as compute_budget
+from .budget import server_limits
 from .findings import find
 from .report import (
     DEFAULT_INI,
     AppMatch,
+    BudgetOptions,
     CheckReport,
     EngineReport,
     PreforkConnection,
@@ -101,6 +104,7 @@ def build_report(
     default_ini: str | os.PathLike[str] = DEFAULT_INI,
     scan_process: bool = False,
     command: str = "flask dbfix check",
+    budget: BudgetOptions | None = None,
 ) -> CheckReport:
     """Inspect ``app`` as loaded in this process and the uWSGI ini that will serve it.
 
@@ -134,7 +138,21 @@ def build_report(
         extension_initialised=config is not None,
         pid_guard_fallback=any(e.managed for e in engines) and watch().page is None,
     )
+    budget = budget or BudgetOptions()
+    limits = server_limits(_engines_of(app)) if budget.from_server else None
+    settings = uwsgi.settings if uwsgi is not None else None
+    report = dataclasses.replace(
+        report, budget=compute_budget(engines, prefork, settings, budget, limits)
+    )
     return dataclasses.replace(report, findings=find(report))
+
+
+def _engines_of(app: object) -> list[Engine]:
+    """The live engines the report describes (to ask their servers for their limits)."""
+    found = [m.engine for m in (app_engines(app) if isinstance(app, Flask) else all_engines())]
+    if isinstance(app, Flask):
+        found += [e for e in _compat.flask_sqlalchemy_engines(app).values() if e not in found]
+    return found
 
 
 def _process_wide(uwsgi: UwsgiReport | None) -> tuple[str | None, str | None, str | None]:
@@ -223,6 +241,7 @@ def _engine_report(
         max_overflow=overflow,
         open_connections=opened,
         managed=managed,
+        prepares_statements=_compat.psycopg_prepares_statements(engine),
     )
 
 

@@ -65,6 +65,7 @@ def report_to_json(report: CheckReport, strict: bool = False) -> dict[str, Any]:
         "engines": [dataclasses.asdict(e) for e in report.engines],
         "prefork_connections": [_prefork_json(c) for c in report.prefork],
         "uwsgi_config": _uwsgi_json(report),
+        "connection_budget": [dataclasses.asdict(b) for b in report.budget],
         "findings": [dataclasses.asdict(f) for f in report.findings],
         "verdict": {
             "status": "fail" if code else "pass",

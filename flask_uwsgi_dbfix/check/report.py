@@ -20,7 +20,9 @@ __all__ = [
     "DEFAULT_INI",
     "UNKNOWN_ORIGIN",
     "AppMatch",
+    "BudgetOptions",
     "CheckReport",
+    "DatabaseBudget",
     "EngineReport",
     "Finding",
     "PreforkConnection",
@@ -69,6 +71,9 @@ class EngineReport:
     managed: bool
     """False for an engine the extension does not manage (fix disabled or not set up):
     its connections are read from the pool, with their origins all the same."""
+    prepares_statements: bool | None = None
+    """psycopg 3 only: whether it prepares statements on the server (``prepare_threshold``
+    not ``None``), which PgBouncer's transaction pooling breaks; ``None`` otherwise."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,42 @@ class UwsgiReport:
 
 
 @dataclass(frozen=True)
+class BudgetOptions:
+    """What the user told the check about the database server (``--db-max-connections``,
+    ``--instances``, ``--db-max-connections-from-server``)."""
+
+    db_max_connections: int | None = None
+    instances: int = 1
+    from_server: bool = False
+
+
+@dataclass(frozen=True)
+class DatabaseBudget:
+    """The most connections one app server instance can hold on one database server."""
+
+    database: str
+    """``host:port/dbname`` (no user, no password)."""
+    engines: tuple[str, ...]
+    per_worker: int
+    """All engines to this database, in one worker with every thread busy."""
+    workers: int
+    single_threaded: int
+    """Mules and spooler processes: each may load the app and hold one per engine."""
+    per_single_threaded: int
+    master: int
+    """Connections the master itself keeps open after forking."""
+    per_instance: int
+    instances: int
+    total: int
+    limit: int | None
+    """How many the server allows this app's user; ``None`` when not given."""
+    limit_source: str | None
+    """``--db-max-connections`` or ``server``."""
+    arithmetic: str
+    """The sum, written out, for the human report."""
+
+
+@dataclass(frozen=True)
 class CheckReport:
     """Everything ``flask dbfix check`` found, ready to print or serialise."""
 
@@ -133,6 +174,8 @@ class CheckReport:
     """``FlaskDBFix`` ran on the app (``config`` may also come from the process-wide mode)."""
     pid_guard_fallback: bool = False
     """The pid guard asks ``os.getpid()`` on every checkout (no fork-wiped page here)."""
+    budget: tuple[DatabaseBudget, ...] = ()
+    """Per database server: the most connections the deployment can hold (ini x engines)."""
 
     def count(self, severity: Severity) -> int:
         """How many findings have this severity: the verdict is made of these counts."""

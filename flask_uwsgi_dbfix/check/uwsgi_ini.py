@@ -767,6 +767,10 @@ class UwsgiSettings:
     process_wide_env: IniOption | None = None
     """The last ``env = FLASK_UWSGI_DBFIX=...`` line: its value switches the mode off, or
     stops uWSGI when it is neither on nor off."""
+    mules: int = 0
+    """``mules = N`` plus one per ``mule = file``: forked from the master like workers."""
+    spooler_processes: int = 0
+    """``spooler-processes`` (default 1) per ``spooler`` directory; 0 without a spooler."""
 
 
 AUTO_MODULE = "flask_uwsgi_dbfix.auto"
@@ -795,6 +799,8 @@ AUDITED = (
     "py-call-uwsgi-fork-hooks",
     "max-requests",
     "single-interpreter",
+    "mules",
+    "spooler-processes",
     "module",
     "wsgi",
     "wsgi-file",
@@ -866,6 +872,8 @@ def settings_from_ini(ini: UwsgiIni) -> UwsgiSettings:
             (o for o in reversed(ini.all("env")) if (o.value or "").startswith(f"{ENV_VAR}=")),
             None,
         ),
+        mules=(read.number("mules") or 0) + len(ini.all("mule")),
+        spooler_processes=len(ini.all("spooler")) * (read.number("spooler-processes") or 1),
     )
 
 

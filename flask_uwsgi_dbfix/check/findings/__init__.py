@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..report import CheckReport, Finding
-from . import app, ini
+from . import app, budget, ini
 
 __all__ = ["RULES", "Rule", "find"]
 
@@ -39,6 +39,8 @@ RULES: tuple[Rule, ...] = (
     ini.max_requests,
     ini.enable_threads,
     ini.threads_exceed_pool,
+    budget.connection_budget,
+    budget.pgbouncer_prepared_statements,
     ini.multiple_interpreters,
     ini.served_app,
     ini.unresolved_values,
