@@ -182,6 +182,11 @@ def test_the_issues_deployment_against_a_server_allowing_17_fails_only_when_told
     ini = "[uwsgi]\nmaster = true\nprocesses = 8\nthreads = 4\nmodule = x:app\n"
     status, report = _check(small_pg, tmp_path, ini)
     (budget,) = report["connection_budget"]
+    assert set(budget) == {
+        "database", "engines", "per_worker", "workers", "single_threaded",
+        "per_single_threaded", "master", "per_instance", "instances", "total", "limit",
+        "limit_source", "arithmetic",
+    }  # fmt: skip
     assert budget["limit"] is None, "no connection to read a limit without the option"
     # 8 workers x 3 engines x 4 threads, and the master keeps its import-time connection.
     assert (budget["per_worker"], budget["master"], budget["total"]) == (12, 1, 97)

@@ -628,6 +628,7 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
         "engines",
         "prefork_connections",
         "uwsgi_config",
+        "connection_budget",
         "findings",
         "verdict",
     ]
@@ -652,7 +653,9 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
         "max_overflow",
         "open_connections",
         "managed",
+        "prepares_statements",
     }
+    assert data["connection_budget"] == []  # SQLite needs no server (keys: test_budget.py)
     assert set(data["prefork_connections"][0]) == {"engine", "url", "pid", "checked_out", "origin"}
     assert set(data["uwsgi_config"]) == {
         "path",
@@ -670,6 +673,8 @@ def test_json_schema(make_app: MakeApp, tmp_path: Path) -> None:
         "py_call_uwsgi_fork_hooks",
         "max_requests",
         "single_interpreter",
+        "mules",
+        "spooler_processes",
         "forks",
         "fork_reason",
         "served",

@@ -143,6 +143,8 @@ def _uwsgi_json(report: CheckReport) -> dict[str, Any] | None:
         "py_call_uwsgi_fork_hooks": s.py_call_uwsgi_fork_hooks,
         "max_requests": s.max_requests,
         "single_interpreter": s.single_interpreter,
+        "mules": s.mules,
+        "spooler_processes": s.spooler_processes,
         "forks": uwsgi.forks,
         "fork_reason": uwsgi.fork_reason,
         "served": [_served_json(m) for m in uwsgi.matches],
