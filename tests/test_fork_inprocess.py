@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import logging
 import os
 import select
 import signal
@@ -221,6 +222,40 @@ def test_pid_guard_in_a_grandchild(engine: Engine, fork: Callable[[], int]) -> N
     assert len(backends) == 3, child
     assert child["own_after"] == child["own"]
     assert backend(engine) == (parent_backend, True)
+
+
+def test_a_child_that_forks_keeps_its_own_idle_connection_and_does_not_warn(
+    engine: Engine,
+) -> None:
+    """The before-fork close and warning belong to the process that set the engines up: a
+    worker (or Celery/multiprocessing child) that forks children of its own keeps its idle
+    connection, and says nothing, through Python's own fork hooks (os.fork)."""
+    register(engine, name="forks-again")
+    backend(engine)
+
+    def child_work() -> dict[str, Any]:
+        own = backend(engine)[0]  # the child's own connection, idle in its pool
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logging.getLogger("flask_uwsgi_dbfix").addHandler(handler)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grandchild = in_child(lambda: {"backend": backend(engine)})
+        logging.getLogger("flask_uwsgi_dbfix").removeHandler(handler)
+        return {
+            "own": own,
+            "own_after": backend(engine)[0],
+            "grandchild": grandchild,
+            "warned": [str(w.message) for w in caught if "fork" in str(w.message).lower()],
+            "logged": [r.getMessage() for r in records if r.levelno >= logging.INFO],
+        }
+
+    child = in_child(child_work)
+    assert "error" not in child, child
+    assert child["own_after"] == child["own"], "the child closed its own idle connection"
+    assert child["grandchild"]["backend"][0] != child["own"]
+    assert child["warned"] == [] and child["logged"] == [], child
 
 
 def test_without_guard_or_hook_the_child_reuses_the_parents_backend(engine: Engine) -> None:

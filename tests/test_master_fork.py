@@ -151,6 +151,9 @@ def test_session_held_across_fork_fails_once_with_the_message_then_recovers(
         assert child["invalidated"] is True  # SQLAlchemy saw a disconnect
         assert child["ours"] is True  # users can catch flask_uwsgi_dbfix.HeldAcrossForkError
         assert child["second"] != parent_backend
+        # Only the broken connection was dropped: the child's own pooled one (opened before
+        # the error) is handed out again, the pool was not invalidated as a whole.
+        assert child["second"] == child["own"]
         # The parent's Session and connection are untouched.
         assert session.execute(BACKEND).one()[0] == parent_backend
     finally:
