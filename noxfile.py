@@ -206,3 +206,20 @@ def fast(session: nox.Session) -> None:
 def report(session: nox.Session) -> None:
     """Print the matrix table from .matrix/ and check README.md's versions table against it."""
     session.run(sys.executable, "scripts/matrix_report.py", "table", "--check-readme", "README.md")
+
+
+RANDOMLY = "pytest-randomly==5.1.0"  # only in this session's venv: .venv's runs keep their order
+
+
+@nox.session(name="random", python="3.11", default=False)
+def random_order(session: nox.Session) -> None:
+    """The suite in a random order: a test must not depend on what ran before it.
+
+    pytest-randomly shuffles modules, then the tests in each; pytest's header prints the
+    seed (``Using --randomly-seed=N``). Replay one order, or run a part:
+    ``.venv/bin/nox -s random -- --randomly-seed=N tests/test_fork_inprocess.py``.
+    Not a CI leg: it is the whole suite once more."""
+    _uv_sync(session)
+    session.install(RANDOMLY)
+    args = session.posargs or ["tests"]
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *args)
