@@ -75,6 +75,32 @@ def test_parent_closes_its_idle_connection_before_forking(
     assert backend(engine)[0] not in (parent_backend, child["backend"][0])  # reconnected
 
 
+def test_the_close_counts_only_idle_connections_and_leaves_the_checked_out_one(
+    pg: PostgresServer, make_engine: Callable[..., Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With one connection checked out and two idle, the parent closes the two, says "closed
+    2", and the held one keeps its backend (the warning counts it, checked out)."""
+    engine = make_engine()
+    register(engine, name="counting")
+    held = engine.connect()
+    held_backend = held.execute(BACKEND).one()[0]
+    first, second = engine.connect(), engine.connect()
+    idle = {first.execute(BACKEND).one()[0], second.execute(BACKEND).one()[0]}
+    first.close()
+    second.close()  # both idle in the pool now
+    try:
+        with caplog.at_level(logging.INFO, logger="flask_uwsgi_dbfix"):
+            with pytest.warns(PreForkConnectionWarning, match="1 checked out at fork time"):
+                child = in_child(lambda: {"backend": backend(engine)})
+        assert "error" not in child, child
+        closed = [r.getMessage() for r in caplog.records if "closed" in r.getMessage()]
+        assert len(closed) == 1 and "closed 2 idle database connection(s)" in closed[0], closed
+        assert not any(backend_alive(pg, b) for b in idle)
+        assert held.execute(BACKEND).one()[0] == held_backend
+    finally:
+        held.close()
+
+
 def test_control_with_close_before_fork_off_the_parent_keeps_it_open(
     pg: PostgresServer, make_engine: Callable[..., Engine]
 ) -> None:
