@@ -98,6 +98,7 @@ def _check(
     if not hasattr(os, "register_at_fork"):
         click.echo("this platform cannot fork: no worker can inherit a connection", file=out)
         ctx.exit(0)
+    from .check.budget import ServerLimitError
     from .check.inspection import build_report, ini_switches_process_wide, resolve_ini
     from .check.uwsgi_ini import IniError, settings_from_ini
     from .stamps import record_every_pool
@@ -125,14 +126,17 @@ def _check(
         app = _load(app_spec)
         command = "python -m flask_uwsgi_dbfix check"
         with app.app_context() if isinstance(app, Flask) else contextlib.nullcontext():
-            report = build_report(
-                app,
-                ini_path,
-                app_import_path=app_spec,
-                scan_process=True,
-                command=command,
-                budget=budget,
-            )
+            try:
+                report = build_report(
+                    app,
+                    ini_path,
+                    app_import_path=app_spec,
+                    scan_process=True,
+                    command=command,
+                    budget=budget,
+                )
+            except ServerLimitError as exc:
+                raise BadInput(str(exc)) from None
     ctx.exit(print_report(report, out, as_json=as_json, strict=strict))
 
 

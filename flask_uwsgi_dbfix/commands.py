@@ -175,6 +175,7 @@ def _check(
 ) -> None:
     ctx = click.get_current_context()
     from .check import build_report
+    from .check.budget import ServerLimitError
     from .check.output import SCHEMA_VERSION
     from .check.uwsgi_ini import IniError, read_ini
 
@@ -220,7 +221,7 @@ def _check(
                 scan_process=True,
                 budget=budget,
             )
-        except IniError as exc:
+        except (IniError, ServerLimitError) as exc:
             raise BadInput(str(exc)) from None
     ctx.exit(print_report(report, out, as_json=as_json, strict=strict))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from flask_uwsgi_dbfix.check.budget import WARN_SHARE, compute, database_key
+from flask_uwsgi_dbfix.check.budget import WARN_SHARE, compute, server_key
 from flask_uwsgi_dbfix.check.findings.budget import connection_budget
 from flask_uwsgi_dbfix.check.report import (
     BudgetOptions,
@@ -79,7 +79,7 @@ def test_the_issues_deployment_three_engines_eight_by_four(tmp_path: Path) -> No
     assert (budget.per_worker, budget.total, budget.limit) == (12, 96, 17)
     (finding,) = connection_budget_of(budget)
     assert finding.severity == "error"
-    assert "up to 96 connections to db.example:5432/shop" in finding.message
+    assert "up to 96 connections to the database server db.example:5432 (shop)" in finding.message
     assert "The server allows 17 (from --db-max-connections)" in finding.message
     assert finding.fix is not None and "PgBouncer" in finding.fix
 
@@ -91,22 +91,24 @@ def test_nullpool_and_singleton_pools_hold_one_per_thread_static_one(tmp_path: P
     assert one([engine(pool_class="StaticPool", size=None)], ini).per_worker == 1
 
 
-def test_binds_to_one_server_database_add_up_and_other_databases_are_apart(
+def test_every_database_on_one_server_adds_up_and_other_servers_are_apart(
     tmp_path: Path,
 ) -> None:
-    other = "postgresql+psycopg2://app:***@db.example:5432/analytics"
-    engines = [engine("default"), engine("second"), engine("analytics", url=other)]
+    """max_connections is the server's: two databases on it share it."""
+    analytics = "postgresql+psycopg2://app:***@db.example:5432/analytics"
+    replica = "postgresql+psycopg2://app:***@replica.example:5432/shop"
+    engines = [engine("default"), engine("analytics", url=analytics), engine("ro", url=replica)]
     found = compute(engines, (), settings(tmp_path, "processes = 3\n"), BudgetOptions())
-    assert {b.database: (b.engines, b.total) for b in found} == {
-        "db.example:5432/shop": (("default", "second"), 6),
-        "db.example:5432/analytics": (("analytics",), 3),
+    assert {b.server: (b.databases, b.engines, b.total) for b in found} == {
+        "db.example:5432": (("shop", "analytics"), ("default", "analytics"), 6),
+        "replica.example:5432": (("shop",), ("ro",), 3),
     }
 
 
 def test_sqlite_needs_no_server_and_has_no_budget() -> None:
-    assert database_key("sqlite:////tmp/app.db") is None
+    assert server_key("sqlite:////tmp/app.db") is None
     assert compute([engine(url="sqlite:////tmp/app.db")], (), None, BudgetOptions()) == ()
-    assert database_key("mysql+pymysql://app:***@db/shop") == "db:3306/shop"
+    assert server_key("mysql+pymysql://app:***@db/shop") == "db:3306"
 
 
 def test_cheaper_forks_at_most_processes_and_mules_and_spoolers_add_one_each(
@@ -183,7 +185,7 @@ def test_the_issues_deployment_against_a_server_allowing_17_fails_only_when_told
     status, report = _check(small_pg, tmp_path, ini)
     (budget,) = report["connection_budget"]
     assert set(budget) == {
-        "database", "engines", "per_worker", "workers", "single_threaded",
+        "server", "databases", "engines", "per_worker", "workers", "single_threaded",
         "per_single_threaded", "master", "per_instance", "instances", "total", "limit",
         "limit_source", "arithmetic",
     }  # fmt: skip
@@ -198,7 +200,7 @@ def test_the_issues_deployment_against_a_server_allowing_17_fails_only_when_told
     assert (budget["limit"], budget["limit_source"]) == (17, "server")
     (finding,) = [f for f in report["findings"] if f["code"] == "connection-budget"]
     assert finding["severity"] == "error" and status == 1
-    assert budget["database"] == f"127.0.0.1:{small_pg.port}/app"
+    assert (budget["server"], budget["databases"]) == (f"127.0.0.1:{small_pg.port}", ["app"])
 
     status, report = _check(small_pg, tmp_path, ini, "--db-max-connections", "200")
     assert [f["severity"] for f in report["findings"] if f["code"] == "connection-budget"] == [
@@ -247,3 +249,24 @@ def test_psycopg3_through_pgbouncers_port_must_not_prepare_statements(
     found = [f for f in report.findings if f.code == "pgbouncer-prepared-statements"]
     assert bool(found) is warned, report.findings
     assert all("pw" not in f.message for f in found)
+
+
+def test_a_server_that_cannot_be_asked_is_one_masked_line_and_exit_2(tmp_path: Path) -> None:
+    """Only with --db-max-connections-from-server does the check connect; a server that
+    does not answer stops it (exit 2) in one line, the password masked, no traceback."""
+    path = tmp_path / "uwsgi.ini"
+    path.write_text("[uwsgi]\nmaster = true\nprocesses = 2\nmodule = x:app\n")
+    url = "postgresql+psycopg2://app:s3cret-pw@127.0.0.1:1/app?connect_timeout=2"
+    env = {**os.environ, "DATABASE_URL": url, "IMPORT_QUERY": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "tests.cli_apps.import_query_app", "dbfix",
+         "check", "--ini", str(path), "--db-max-connections-from-server"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        "could not read the connection limit of postgresql+psycopg2://app:***@127.0.0.1:1/app"
+        in done.stderr
+    )
+    assert "s3cret-pw" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr

@@ -2,7 +2,8 @@
 
 The fix gives every worker connections of its own, as it should; the next limit is the
 database server's ``max_connections``. The most one app server instance can hold on a
-database is, for every engine pointing at it (binds to the same server count together)::
+database server is, for every engine pointing at it (all its databases share the server's
+``max_connections``, so binds to any database on one server count together)::
 
     workers x min(threads, the engine's pool capacity)
   + (mules + spooler processes) x min(1, capacity)       each runs one thing at a time
@@ -25,7 +26,7 @@ from collections.abc import Iterable
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
-from ..masking import masked_url
+from ..masking import mask_passwords, masked_url
 from .report import BudgetOptions, DatabaseBudget, EngineReport, PreforkConnection, plural
 from .uwsgi_ini import UwsgiSettings
 
@@ -37,8 +38,8 @@ _PER_THREAD_POOLS = {"NullPool", "SingletonThreadPool"}
 _ONE_CONNECTION_POOLS = {"StaticPool"}
 
 
-def database_key(url: str) -> str | None:
-    """``host:port/dbname`` of a server database; ``None`` for SQLite and the like."""
+def server_key(url: str) -> str | None:
+    """``host:port`` of a database server; ``None`` for SQLite and the like."""
     try:
         parsed = make_url(url)
     except Exception:
@@ -46,7 +47,14 @@ def database_key(url: str) -> str | None:
     if parsed.get_backend_name() == "sqlite" or not parsed.host:
         return None
     port = parsed.port if parsed.port is not None else _default_port(parsed.get_backend_name())
-    return f"{parsed.host}:{port}/{parsed.database or ''}"
+    return f"{parsed.host}:{port}"
+
+
+def _database(url: str) -> str:
+    try:
+        return make_url(url).database or ""
+    except Exception:
+        return ""
 
 
 def _default_port(backend: str) -> int | str:
@@ -78,7 +86,7 @@ def compute(
     master_closes = bool(settings and settings.py_call_uwsgi_fork_hooks)
     by_database: dict[str, list[EngineReport]] = {}
     for engine in engines:
-        key = database_key(engine.url)
+        key = server_key(engine.url)
         if key is not None:
             by_database.setdefault(key, []).append(engine)
     found = []
@@ -100,7 +108,8 @@ def compute(
         sum_text = _arithmetic(group, threads, workers, single, per_single, master)
         found.append(
             DatabaseBudget(
-                database=key,
+                server=key,
+                databases=tuple(dict.fromkeys(_database(e.url) for e in group)),
                 engines=tuple(e.name for e in group),
                 per_worker=per_worker,
                 workers=workers,
@@ -145,12 +154,18 @@ def _arithmetic(
     return text_
 
 
+class ServerLimitError(Exception):
+    """A database server's limit could not be read (``--db-max-connections-from-server``);
+    the message names the server with the password masked."""
+
+
 def server_limits(engines: Iterable[Engine]) -> dict[str, int]:
     """The connections each database server allows a user that is not a superuser, read
-    with one query per server: only on request (``--db-max-connections-from-server``)."""
+    with one query per server: only on request (``--db-max-connections-from-server``).
+    Raises :class:`ServerLimitError` when a server cannot be asked."""
     limits: dict[str, int] = {}
     for engine in engines:
-        key = database_key(masked_url(engine))
+        key = server_key(masked_url(engine))
         if key is None or key in limits:
             continue
         backend = engine.url.get_backend_name()
@@ -164,6 +179,13 @@ def server_limits(engines: Iterable[Engine]) -> dict[str, int]:
             query = text("SELECT @@max_connections")
         else:
             continue
-        with contextlib.closing(engine.connect()) as conn:
-            limits[key] = int(conn.execute(query).scalar_one())
+        try:
+            with contextlib.closing(engine.connect()) as conn:
+                limits[key] = int(conn.execute(query).scalar_one())
+        except Exception as exc:
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise ServerLimitError(
+                f"could not read the connection limit of {masked_url(engine)}: "
+                f"{type(exc).__name__}: {mask_passwords(first[0] if first else '')}"
+            ) from None
     return limits

@@ -120,10 +120,13 @@ class BudgetOptions:
 
 @dataclass(frozen=True)
 class DatabaseBudget:
-    """The most connections one app server instance can hold on one database server."""
+    """The most connections one app server instance can hold on one database server
+    (``max_connections`` is the server's, shared by all its databases)."""
 
-    database: str
-    """``host:port/dbname`` (no user, no password)."""
+    server: str
+    """``host:port`` (no user, no password)."""
+    databases: tuple[str, ...]
+    """The database names the engines use on it."""
     engines: tuple[str, ...]
     per_worker: int
     """All engines to this database, in one worker with every thread busy."""

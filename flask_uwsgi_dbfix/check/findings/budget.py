@@ -25,8 +25,10 @@ def connection_budget(report: CheckReport) -> list[Finding]:
 
 def _finding(budget: DatabaseBudget) -> Finding:
     instances = f" x {budget.instances} instances" if budget.instances > 1 else ""
+    names = ", ".join(budget.databases)
     held = (
-        f"The deployment can hold up to {budget.total} connections to {budget.database}: "
+        f"The deployment can hold up to {budget.total} connections to the database server "
+        f"{budget.server} ({names}): "
         f"{budget.arithmetic} = {budget.per_instance} per instance{instances}."
     )
     if budget.limit is None:
