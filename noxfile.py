@@ -219,7 +219,7 @@ def random_order(session: nox.Session) -> None:
     seed (``Using --randomly-seed=N``). Replay one order, or run a part:
     ``.venv/bin/nox -s random -- --randomly-seed=N tests/test_fork_inprocess.py``.
     Not a CI leg: it is the whole suite once more."""
-    _uv_sync(session)
+    _uv_sync(session, "--group", "bench")  # the benchmark tests draw charts
     session.install(RANDOMLY)
     args = session.posargs or ["tests"]
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import signal
@@ -74,6 +75,21 @@ def a_fresh_parent_warns_again(monkeypatch: pytest.MonkeyPatch) -> None:
     if hooks is not None:
         monkeypatch.setattr(hooks._hooks, "parent_warned", False)
         monkeypatch.setattr(hooks._hooks, "uncovered_checked", False)
+
+
+@pytest.fixture(autouse=True)
+def engines_of_earlier_tests_are_gone() -> Iterator[None]:
+    """A test's engines end with it. The package keeps only weak references, but an engine
+    left in a reference cycle lives until the collector runs, and until then every check in
+    this process (``flask dbfix check``, ``assert_fork_safe``) lists it with the engines of
+    the test that runs next: in a random order, a test would see another's engine. After a
+    test that managed a new engine, collect. Imports nothing."""
+    registry = sys.modules.get("flask_uwsgi_dbfix.engines")
+    before = set(registry._managed) if registry is not None else set()
+    yield
+    registry = sys.modules.get("flask_uwsgi_dbfix.engines")
+    if registry is not None and set(registry._managed) - before:
+        gc.collect()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
