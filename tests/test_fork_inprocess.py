@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from flask_uwsgi_dbfix import DBFixConfig, forkwatch, register, stamps
+from flask_uwsgi_dbfix import DBFixConfig, _compat, forkwatch, register, stamps
 from flask_uwsgi_dbfix import engines as dbfix_engines
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
 
@@ -256,6 +256,50 @@ def test_a_child_that_forks_keeps_its_own_idle_connection_and_does_not_warn(
     assert child["own_after"] == child["own"], "the child closed its own idle connection"
     assert child["grandchild"]["backend"][0] != child["own"]
     assert child["warned"] == [] and child["logged"] == [], child
+
+
+needs_page = pytest.mark.skipif(
+    forkwatch.watch().page is None,
+    reason="no fork-wiped page: the guard asks os.getpid() on every checkout, no fast path",
+)
+
+
+def _stamp_as_foreign(engine: Engine) -> None:
+    """Mark the pool's idle connection as opened by another process: a look at its stamp
+    would drop it."""
+    (record,) = _compat.idle_records(engine.pool)
+    setattr(record, stamps.PID_ATTR, 1)
+
+
+@needs_page
+def test_in_its_home_process_the_guard_trusts_the_pool_without_reading_stamps(
+    engine: Engine,
+) -> None:
+    """The fast path: a pool guarded while empty is at home here, so every record it hands
+    out was opened here and its stamp is not read. (Killed mutants: the home generation
+    compared wrongly, the page read at the wrong byte, which re-arms it on every checkout.)"""
+    guard_only(engine)
+    first = backend(engine)[0]
+    _stamp_as_foreign(engine)
+    assert backend(engine)[0] == first
+
+
+@needs_page
+def test_a_child_whose_pool_was_empty_at_the_fork_makes_it_home_at_its_first_checkout(
+    engine: Engine,
+) -> None:
+    """A raw fork (no hook) of a process whose pool held nothing: the child's first
+    checkout finds the pool empty and takes it as its own; from then on the fast path."""
+    guard_only(engine)
+
+    def child_work() -> dict[str, Any]:
+        first = backend(engine)[0]
+        _stamp_as_foreign(engine)
+        return {"first": first, "again": backend(engine)[0]}
+
+    child = in_child(child_work, raw_fork)
+    assert "error" not in child, child
+    assert child["again"] == child["first"]
 
 
 def test_without_guard_or_hook_the_child_reuses_the_parents_backend(engine: Engine) -> None:
