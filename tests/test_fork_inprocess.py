@@ -302,6 +302,27 @@ def test_a_child_whose_pool_was_empty_at_the_fork_makes_it_home_at_its_first_che
     assert child["again"] == child["first"]
 
 
+@pytest.mark.parametrize("page", [True, False], ids=["fork_page", "getpid"])
+def test_a_record_stamped_by_any_other_pid_is_dropped_higher_or_lower(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, page: bool
+) -> None:
+    """The slow path compares the stamp for equality: a child's pid is usually higher than
+    its parent's, but pids wrap around, so a record another process opened is dropped
+    whether that pid is lower or higher than ours (killed mutants: ``<`` for ``!=``)."""
+    if not page:
+        monkeypatch.setattr(forkwatch, "_watch", forkwatch.ForkWatch(None))
+    elif forkwatch.watch().page is None:
+        pytest.skip("no MADV_WIPEONFORK page on this kernel: the getpid case covers it")
+    seen = backend(engine)[0]  # connected before the guard: the pool is no one's home
+    guard_only(engine)
+    for foreign in (1, os.getpid() + 1):
+        (record,) = _compat.idle_records(engine.pool)
+        setattr(record, stamps.PID_ATTR, foreign)
+        now = backend(engine)[0]
+        assert now != seen, f"a record stamped by pid {foreign} was handed out as ours"
+        seen = now
+
+
 def test_without_guard_or_hook_the_child_reuses_the_parents_backend(engine: Engine) -> None:
     """Control for the guard test: the same fork with nothing installed shares the backend."""
     parent_backend, _ = backend(engine)
