@@ -16,7 +16,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
-import trustme
 from sqlalchemy.engine import URL
+
+from harness.postgres import _free_port, _write_certs  # the same CA and cert set-up
 
 SERVER_ACCOUNT = "mysql"
 START_TIMEOUT = 60.0  # seconds; a cold start with a fresh data dir takes 1-3 here
@@ -106,28 +106,6 @@ def _account() -> pwd.struct_passwd | None:
         raise RuntimeError(
             f"no {SERVER_ACCOUNT!r} account: Debian's mariadb-server package creates it"
         ) from exc
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _write_certs(root: Path, account: pwd.struct_passwd | None) -> tuple[Path, Path, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca_path, cert_path, key_path = root / "ca.crt", root / "server.crt", root / "server.key"
-    ca.cert_pem.write_to_path(str(ca_path))
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    key_path.touch(mode=0o600)
-    cert.private_key_pem.write_to_path(str(key_path))
-    ca_path.chmod(0o644)
-    cert_path.chmod(0o644)
-    for path in (ca_path, cert_path, key_path):
-        if account is not None:
-            os.chown(path, account.pw_uid, account.pw_gid)
-    return ca_path, cert_path, key_path
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
