@@ -1,3 +1,4 @@
+# ruff: noqa: F811
 """``flask dbfix check`` and ``python -m flask_uwsgi_dbfix check`` as a CI gate sees them:
 exit 2 with one line for anything that stopped the check, JSON that always parses, output
 within ``COLUMNS`` and without colour on request, the ``pyuwsgi-venv-reload`` finding (the
@@ -10,18 +11,20 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
 from flask import Flask
 
 from flask_uwsgi_dbfix import commands
 from flask_uwsgi_dbfix.check.findings import ini as ini_findings
-from tests.cli_apps import factory
 from tests.engines import dispose_new_engines  # noqa: F401 - autouse fixture
+
+# test_cli.py's fixtures (the app builder, the tmp working dir) and its CLI runner; a test
+# naming a fixture as its parameter is what ruff's F811 reports, hence the file-level noqa.
+from tests.test_cli import in_tmp_dir, make_app, run  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK = Path(sys.executable).parent / "flask"
@@ -34,32 +37,6 @@ from flask import Flask
 app = Flask(__name__)
 raise RuntimeError("cannot reach postgresql://app:{SECRET}@db.invalid/app")  # MARK: raise
 """
-
-
-@pytest.fixture(autouse=True)
-def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No stray ./uwsgi.ini: each test decides whether there is one."""
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
-
-    def make(**kwargs: Any) -> Flask:
-        app = factory.create_app(f"sqlite:///{tmp_path / f'db{len(apps)}.sqlite'}", **kwargs)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        held = app.extensions.get("held")
-        if held is not None:
-            held.close()
-
-
-def run(app: Flask, *args: str) -> Result:
-    return app.test_cli_runner().invoke(args=["dbfix", "check", *args])
 
 
 def check(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
