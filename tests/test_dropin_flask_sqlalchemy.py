@@ -17,10 +17,11 @@ import os
 import subprocess
 import sys
 import tarfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from tests.junit import junit_outcomes
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = importlib.metadata.version("flask-sqlalchemy")
@@ -69,12 +70,7 @@ class SuiteRun:
             self.process.wait(timeout=600)
         finally:
             self.stop()
-        outcomes = {}
-        for case in ET.parse(self.junit).iter("testcase"):
-            failed = case.find("failure") is not None or case.find("error") is not None
-            skipped = case.find("skipped") is not None
-            outcome = "failed" if failed else "skipped" if skipped else "passed"
-            outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
+        outcomes = junit_outcomes(self.junit)
         managed = json.loads(self.report.read_text()) if self.order is not None else {}
         return outcomes, managed
 

@@ -31,11 +31,12 @@ import os
 import subprocess
 import sys
 import tarfile
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.junit import junit_outcomes
 
 ROOT = Path(__file__).resolve().parent.parent
 DROPIN = Path(__file__).resolve().parent / "dropin"
@@ -133,12 +134,7 @@ class SuiteRun:
             self.stop()
         output = self.log.read_text()[-4000:]
         assert self.junit.exists(), f"the {self.label} run did not start:\n{output}"
-        outcomes = {}
-        for case in ET.parse(self.junit).iter("testcase"):
-            failed = case.find("failure") is not None or case.find("error") is not None
-            skipped = case.find("skipped") is not None
-            outcome = "failed" if failed else "skipped" if skipped else "passed"
-            outcomes[f"{case.get('classname')}::{case.get('name')}"] = outcome
+        outcomes = junit_outcomes(self.junit)
         registered = json.loads(self.report.read_text()) if self.dbfix else {}
         self._result = outcomes, registered, returncode, output
         return self._result
